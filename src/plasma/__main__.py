@@ -1,0 +1,3 @@
+from plasma.cli import main
+
+raise SystemExit(main())

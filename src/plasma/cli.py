@@ -1,0 +1,81 @@
+"""The ``plasma`` command: read the environment, set up logs, run the server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from plasma import __version__
+from plasma.config import Config, settings_help
+from plasma.errors import ConfigError, SourceGaveUp, StartupError
+from plasma.logging import configure_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("plasma.cli")
+
+USAGE = """\
+usage: plasma [--help] [--version]
+
+Event push server: events published on Redis pub/sub channels (or the built-in mock
+source) are pushed to Server-Sent Events and gRPC clients, all on one port.
+Configure it with environment variables:
+"""
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help", "help") for a in args):
+        print(USAGE + "\n" + settings_help())
+        return 0
+    if any(a in ("-V", "--version", "version") for a in args):
+        print(f"plasma {__version__}")
+        return 0
+    if args:
+        print(f"plasma: unknown argument {args[0]!r}; settings are environment variables, "
+              "see plasma --help", file=sys.stderr)
+        return 2
+    try:
+        config = Config.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"plasma: {exc}", file=sys.stderr)
+        return 2
+    try:
+        configure_logging(config.error_log, config.access_log)
+    except StartupError as exc:
+        print(f"plasma: {exc}", file=sys.stderr)
+        return 2
+    if config.workers != 1:
+        from plasma.workers import run_workers
+
+        return run_workers(config)
+    return run_server(config)
+
+
+def run_server(config: Config) -> int:
+    """Run one server process in this process; return the exit status."""
+    from plasma.server import serve
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config))
+    except StartupError as exc:
+        log.critical(str(exc))
+        print(f"plasma: {exc}", file=sys.stderr)
+        return 1
+    except SourceGaveUp as exc:
+        log.critical("giving up: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0

@@ -1,0 +1,100 @@
+"""Events: what a publisher puts on a channel, parsed once and encoded once per transport.
+
+A publisher sends ``{"meta": {"type": "program:1234:views"}, "data": <any JSON>}``. ``parse_event``
+validates it and keeps two byte strings that every transport needs: ``body`` (the whole event as
+compact JSON, what SSE's ``data:`` line carries) and ``data`` (the JSON text of ``data``, what a
+gRPC ``Payload`` carries). Transports turn an event into wire bytes with an *encoder*; the event
+caches each encoder's output, so a fan-out to N subscribers encodes it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from plasma.errors import InvalidEvent
+
+__all__ = ["MAX_EVENT_BYTES", "Encoder", "Event", "parse_event", "type_prefixes"]
+
+MAX_EVENT_BYTES = 1 << 20
+"""Default upper bound of one incoming message; larger ones are skipped."""
+
+Encoder = Callable[["Event"], bytes]
+
+
+class Event:
+    """One event: its type, id (set by the hub), and its JSON texts."""
+
+    __slots__ = ("_encoded", "body", "data", "id", "type")
+
+    def __init__(self, type: str, data: bytes, body: bytes | None = None) -> None:
+        self.type = type
+        self.data = data
+        self.body = body if body is not None else _body(type, data)
+        self.id = ""
+        self._encoded: dict[Encoder, bytes] = {}
+
+    def encode(self, encoder: Encoder) -> bytes:
+        """Return ``encoder(self)``, computed once per event and encoder."""
+        out = self._encoded.get(encoder)
+        if out is None:
+            out = self._encoded[encoder] = encoder(self)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Event(type={self.type!r}, id={self.id!r}, data={self.data[:60]!r})"
+
+
+def _body(type: str, data: bytes) -> bytes:
+    return b'{"meta":{"type":' + orjson.dumps(type) + b'},"data":' + data + b"}"
+
+
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """Parse JSON; fall back to the stdlib for what orjson refuses (integers over 64 bits)."""
+    try:
+        return orjson.loads(raw), True
+    except orjson.JSONDecodeError as exc:
+        first_error = exc
+    try:
+        return json.loads(raw), False
+    except (ValueError, RecursionError):
+        raise InvalidEvent("invalid_json", f"not JSON: {first_error}") from None
+
+
+def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """Parse one broker message; raise ``InvalidEvent`` with a short reason if it is not one."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > max_bytes:
+        raise InvalidEvent("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
+    obj, fast = _loads(raw)
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", f"message is a JSON {type(obj).__name__}, not an object")
+    meta = obj.get("meta")
+    if not isinstance(meta, dict):
+        raise InvalidEvent("no_type", "message has no meta object")
+    event_type = meta.get("type")
+    if not isinstance(event_type, str):
+        raise InvalidEvent("no_type", "meta.type is missing or not a string")
+    if not event_type:
+        raise InvalidEvent("no_type", "meta.type is empty")
+    value = obj.get("data")
+    if fast:
+        data = orjson.dumps(value)
+    else:
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return Event(event_type, data)
+
+
+def type_prefixes(event_type: str) -> list[str]:
+    """``"a:b:c"`` -> ``["a", "a:b", "a:b:c"]``: every type a subscriber may have asked for."""
+    out = []
+    i = event_type.find(":")
+    while i != -1:
+        out.append(event_type[:i])
+        i = event_type.find(":", i + 1)
+    out.append(event_type)
+    return out

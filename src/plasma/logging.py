@@ -1,0 +1,90 @@
+"""Structured logs: one JSON object per line, for the error log and the access log.
+
+The error log is the ``plasma`` logger tree; the access log is ``plasma.access`` and does not
+propagate, so each can go to its own target (``stdout``, ``stderr`` or a file) at its own level.
+Fields passed with ``extra={...}`` become top-level keys of the JSON line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+
+from plasma.config import LogConfig
+from plasma.errors import StartupError
+
+__all__ = ["ACCESS_LOGGER", "JSONFormatter", "configure_logging", "open_log_stream"]
+
+ACCESS_LOGGER = "plasma.access"
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+}
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JSONFormatter(logging.Formatter):
+    """Formats a record as ``{"time":..., "level":..., "logger":..., "msg":..., **extra}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower().replace("warning", "warn"),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+def open_log_stream(out: str, variable: str) -> IO[str]:
+    """``stdout``, ``stderr`` or a file opened for appending; a bad path is a ``StartupError``."""
+    if out in ("", "stdout"):
+        return sys.stdout
+    if out == "stderr":
+        return sys.stderr
+    try:
+        return open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+    except OSError as exc:
+        raise StartupError(f"{variable}={out!r}: cannot open log file: {exc.strerror}") from exc
+
+
+def _handler(config: LogConfig, variable: str) -> logging.Handler:
+    handler = logging.StreamHandler(open_log_stream(config.out, variable))
+    handler.setFormatter(JSONFormatter())
+    handler.setLevel(_LEVELS[config.level])
+    return handler
+
+
+def configure_logging(error_log: LogConfig, access_log: LogConfig) -> None:
+    """Route the ``plasma`` loggers to their configured targets, replacing earlier handlers."""
+    root = logging.getLogger("plasma")
+    root.handlers[:] = [_handler(error_log, "PLASMA_ERROR_LOG_OUT")]
+    root.setLevel(_LEVELS[error_log.level])
+    root.propagate = False
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.handlers[:] = [_handler(access_log, "PLASMA_ACCESS_LOG_OUT")]
+    access.setLevel(_LEVELS[access_log.level])
+    access.propagate = False
+    for noisy in ("aiohttp", "asyncio", "hpack", "h2"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    lib = logging.getLogger()
+    if not lib.handlers:
+        lib.addHandler(_handler(error_log, "PLASMA_ERROR_LOG_OUT"))
+        lib.setLevel(logging.ERROR)

@@ -1,0 +1,197 @@
+"""Wiring: one hub, one source, the transports on one listener, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import signal
+import ssl
+
+from aiohttp import web, web_server
+
+from plasma.config import Config, TLSConfig
+from plasma.errors import SourceGaveUp, StartupError
+from plasma.hub import Hub
+from plasma.metrics import Metrics
+from plasma.sources import create_source
+from plasma.transports.grpc import GrpcTransport
+from plasma.transports.listener import SniffingFactory
+from plasma.transports.meta import MetaEndpoints
+from plasma.transports.sse import SSETransport, wants_sse
+
+__all__ = ["Server", "make_tls_context", "serve"]
+
+log = logging.getLogger("plasma.server")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_SHUTDOWN_TIMEOUT = 3.0
+
+
+def make_tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """A server context for both files; every failure names the variable to fix."""
+    for name, path in (("PLASMA_TLS_CERT_FILE", tls.cert_file), ("PLASMA_TLS_KEY_FILE", tls.key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise StartupError(f"{name}={path!r}: cannot read file: {exc.strerror}") from exc
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"PLASMA_TLS_KEY_FILE={tls.key_file!r} does not match PLASMA_TLS_CERT_FILE="
+            f"{tls.cert_file!r}, or one is not PEM: {exc.reason or exc}"
+        ) from exc
+    # Server order wins: browsers (offering both) get HTTP/1.1 for SSE, grpcio (h2 only) gets h2.
+    context.set_alpn_protocols(["http/1.1", "h2"])
+    return context
+
+
+class Server:
+    """Owns every long-lived part; ``start`` listens, ``aclose`` stops in aiohttp's order."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.hub = Hub(self.metrics)
+        self.source = create_source(config.source, self.metrics)
+        self.sse = SSETransport(
+            self.hub,
+            config.sse,
+            origin=config.origin,
+            metrics=self.metrics,
+            client_buffer=config.client_buffer,
+        )
+        self.grpc = GrpcTransport(
+            self.hub, self.metrics, self.source, client_buffer=config.client_buffer
+        )
+        self.meta = MetaEndpoints(
+            self.source,
+            self.metrics,
+            debug=config.debug,
+            origin=config.origin,
+            event_query=config.sse.event_query,
+        )
+        self._http: web_server.Server | None = None
+        self._listeners: list[asyncio.Server] = []
+        self._source_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.ports: list[int] = []
+
+    async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
+        if wants_sse(request.headers.get("Accept", "")) and request.method == "GET":
+            return await self.sse.handle(request)
+        return await self.meta.handle(request)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        tls = make_tls_context(config.tls) if config.tls.enabled else None
+        self._http = web_server.Server(
+            self._handle_http, handler_cancellation=True, access_log=None, loop=loop
+        )
+        both = SniffingFactory(http=self._http, grpc=self.grpc.protocol_factory)
+        await self._listen(both, config.port, "PLASMA_PORT", tls)
+        if config.grpc_port is not None:
+            grpc_only = SniffingFactory(http=None, grpc=self.grpc.protocol_factory)
+            await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
+        self.sse.start()
+        self._source_task = loop.create_task(self._run_source())
+        log.info(
+            "plasma listening",
+            extra={
+                "host": config.host or "*",
+                "port": self.ports[0],
+                "grpc_port": self.ports[1] if len(self.ports) > 1 else None,
+                "tls": tls is not None,
+                "source": self.source.name,
+            },
+        )
+
+    async def _listen(
+        self, factory: SniffingFactory, port: int, variable: str, tls: ssl.SSLContext | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                factory,
+                host=self.config.host or None,
+                port=port,
+                ssl=tls,
+                ssl_handshake_timeout=10.0 if tls else None,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=self.config.workers != 1 or None,
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(
+                    f"{variable}={port}: the port is already in use; stop the other process "
+                    f"or choose another port"
+                ) from exc
+            raise StartupError(f"{variable}={port}: cannot listen: {exc.strerror}") from exc
+        self._listeners.append(server)
+        self.ports.append(server.sockets[0].getsockname()[1])
+
+    async def _run_source(self) -> None:
+        try:
+            await self.source.run(self.hub)
+        except SourceGaveUp:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("source failed unexpectedly; stopping")
+            raise
+        finally:
+            self._stopped.set()
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down (signal handlers call this)."""
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Start, serve until a stop signal or a fatal source error, then close."""
+        loop = asyncio.get_running_loop()
+        await self.start()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._stopped.wait()
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+            await self.aclose()
+        task = self._source_task
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            raise task.exception()  # type: ignore[misc]
+
+    async def aclose(self) -> None:
+        """Stop accepting, stop the source, end every stream, close connections; bounded."""
+        log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
+        for server in self._listeners:
+            server.close()
+        if self._source_task is not None and not self._source_task.done():
+            self._source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._source_task
+        await self.source.aclose()
+        await self.sse.aclose()
+        await self.grpc.aclose()
+        if self._http is not None:
+            # Let stream handlers return (their responses end cleanly), then close the rest.
+            await asyncio.sleep(0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._http.shutdown(_SHUTDOWN_TIMEOUT), _SHUTDOWN_TIMEOUT)
+        for server in self._listeners:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        log.info("plasma stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run one server process until it is told to stop."""
+    await Server(config).run()

@@ -1,0 +1,18 @@
+"""Sources: where events come from. Each turns broker messages into hub events."""
+
+from __future__ import annotations
+
+from plasma.config import SourceConfig
+from plasma.metrics import Metrics
+from plasma.sources.base import Source
+from plasma.sources.mock import MockSource
+from plasma.sources.redis import RedisSource
+
+__all__ = ["MockSource", "RedisSource", "Source", "create_source"]
+
+
+def create_source(config: SourceConfig, metrics: Metrics) -> Source:
+    """The source ``config.type`` names."""
+    if config.type == "redis":
+        return RedisSource(config.redis, metrics)
+    return MockSource(config.mock_interval, metrics)

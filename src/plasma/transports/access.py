@@ -1,0 +1,69 @@
+"""Access-log lines: one per HTTP request, and one when each stream (SSE or gRPC) ends."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from plasma.logging import ACCESS_LOGGER
+
+__all__ = ["log_request", "log_stream_end", "remote_address"]
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+
+def remote_address(request: web.BaseRequest) -> str:
+    """The client's address: the first ``X-Forwarded-For`` hop when a proxy set one."""
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded:
+        return forwarded.split(",", 1)[0].strip()
+    return request.remote or ""
+
+
+def log_request(request: web.BaseRequest, status: int, started: float) -> None:
+    """One line for a plain (non-stream) HTTP request."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info(
+        "request",
+        extra={
+            "remote": remote_address(request),
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "user_agent": request.headers.get("User-Agent", ""),
+        },
+    )
+
+
+def log_stream_end(
+    *,
+    transport: str,
+    remote: str,
+    path: str,
+    types: Sequence[str],
+    started: float,
+    events: int,
+    reason: str,
+    status: int | str = 200,
+) -> None:
+    """One line when a stream ends: who, what they asked for, how long, how much was sent."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info(
+        "stream closed",
+        extra={
+            "transport": transport,
+            "remote": remote,
+            "path": path,
+            "status": status,
+            "types": list(types),
+            "duration_ms": round((time.monotonic() - started) * 1000, 3),
+            "events_sent": events,
+            "reason": reason,
+        },
+    )

@@ -1,0 +1,94 @@
+"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``."""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+
+import orjson
+from aiohttp import web
+
+from plasma.errors import InvalidEvent, SourceError
+from plasma.events import parse_event
+from plasma.metrics import Metrics
+from plasma.sources.base import Source
+from plasma.transports.access import log_request
+
+__all__ = ["MetaEndpoints"]
+
+
+def _json(body: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json"
+    )
+
+
+class MetaEndpoints:
+    """Answers every HTTP request that is not an SSE subscription."""
+
+    def __init__(
+        self, source: Source, metrics: Metrics, *, debug: bool, origin: str, event_query: str
+    ) -> None:
+        self._source = source
+        self._event_query = event_query
+        self._metrics = metrics
+        self._debug = debug
+        self._origin = origin
+        self._debug_page: bytes | None = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await self._route(request)
+        if self._origin and "Access-Control-Allow-Origin" not in response.headers:
+            response.headers["Access-Control-Allow-Origin"] = self._origin
+        log_request(request, response.status, started)
+        return response
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path == "/hc":
+            return await self._allow(request, ("GET", "HEAD"), self.health)
+        if path == "/metrics":
+            return await self._allow(request, ("GET", "HEAD"), self.metrics)
+        if path == "/debug" and self._debug:
+            return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        return web.Response(status=404, text="404 page not found\n")
+
+    @staticmethod
+    async def _allow(request: web.BaseRequest, methods: tuple[str, ...], handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+        if request.method not in methods:
+            return web.Response(
+                status=405, text="405 method not allowed\n", headers={"Allow": ", ".join(methods)}
+            )
+        return await handler(request)
+
+    async def health(self, request: web.BaseRequest) -> web.Response:
+        if await self._source.healthy():
+            return web.Response(status=200, text="OK\n")
+        return web.Response(status=500, text=f"{self._source.name} source is unreachable\n")
+
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
+        return _json(self._metrics.snapshot())
+
+    async def debug(self, request: web.BaseRequest) -> web.Response:
+        if request.method != "POST":
+            if self._debug_page is None:
+                self._debug_page = (
+                    importlib.resources.files("plasma.transports")
+                    .joinpath("debug.html")
+                    .read_text("utf-8")
+                    .replace("__EVENT_QUERY__", orjson.dumps(self._event_query).decode()[1:-1])
+                    .encode()
+                )
+            return web.Response(body=self._debug_page, content_type="text/html", charset="utf-8")
+        raw = await request.read()
+        try:
+            parse_event(raw)
+        except InvalidEvent as exc:
+            return _json({"error": f"invalid event: {exc}"}, status=400)
+        try:
+            await self._source.publish(raw)
+        except SourceError as exc:
+            return _json({"error": str(exc)}, status=503)
+        self._metrics.events_published_debug += 1
+        return _json({"published": True})

@@ -1,0 +1,231 @@
+"""Server-Sent Events: the browser transport, on any path with ``Accept: text/event-stream``.
+
+aiohttp parses the request and sends the headers and the first ``retry:`` frame; from then on
+the stream's bytes are pre-encoded once per event (SSE frame plus HTTP/1.1 chunk framing) and
+written straight to the socket by the hub's flush, one ``write`` per client per loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from plasma.config import SSEConfig
+from plasma.events import Event
+from plasma.hub import Hub
+from plasma.metrics import Metrics
+from plasma.subscription import InvalidSubscription, parse_types, split_types
+from plasma.transports.access import log_stream_end, remote_address
+
+__all__ = ["SSESubscriber", "SSETransport", "encode_sse", "encode_sse_chunked", "wants_sse"]
+
+log = logging.getLogger("plasma.transports.sse")
+
+_HEARTBEAT = b":heartbeat\n\n"
+
+
+def encode_sse(event: Event) -> bytes:
+    """The SSE frame of an event: its hub id and the whole event as compact JSON."""
+    return b"id: " + event.id.encode() + b"\ndata: " + event.body + b"\n\n"
+
+
+def _chunk(frame: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+def encode_sse_chunked(event: Event) -> bytes:
+    """The SSE frame wrapped as one HTTP/1.1 chunk (what every HTTP/1.1 client gets)."""
+    return _chunk(event.encode(encode_sse))
+
+
+def wants_sse(accept: str) -> bool:
+    """Whether an ``Accept`` header names ``text/event-stream`` (parameters and lists allowed)."""
+    if "text/event-stream" not in accept:
+        return False
+    return any(
+        part.split(";", 1)[0].strip().lower() == "text/event-stream" for part in accept.split(",")
+    )
+
+
+class SSESubscriber:
+    """One SSE stream: its socket, what is queued for it, and how it ended."""
+
+    __slots__ = (
+        "_chunked",
+        "_hub",
+        "_limit",
+        "_metrics",
+        "_pending",
+        "close_reason",
+        "done",
+        "encoder",
+        "events_sent",
+        "last_seq",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        chunked: bool,
+        hub: Hub,
+        metrics: Metrics,
+        limit: int,
+    ) -> None:
+        self.transport = transport
+        self.encoder = encode_sse_chunked if chunked else encode_sse
+        self._chunked = chunked
+        self.last_seq = 0
+        self.events_sent = 0
+        self._pending: list[bytes] = []
+        self._hub = hub
+        self._metrics = metrics
+        self._limit = limit
+        self.close_reason = ""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def push(self, data: bytes) -> SSESubscriber | None:
+        pending = self._pending
+        pending.append(data)
+        self.events_sent += 1
+        return self if len(pending) == 1 else None
+
+    def push_comment(self, frame: bytes) -> None:
+        """Queue a frame that is not an event (a heartbeat); flushed with the next batch."""
+        self._pending.append(_chunk(frame) if self._chunked else frame)
+        if len(self._pending) == 1:
+            self._hub.mark_dirty(self)
+
+    def flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        transport = self.transport
+        if self.done.done() or transport.is_closing():
+            return
+        transport.write(data)
+        self._metrics.bytes_written += len(data)
+        # A client that does not read fills its buffer: cut it, never wait for it.
+        if transport.get_write_buffer_size() > self._limit:
+            self.close("slow")
+            transport.abort()
+
+    def close(self, reason: str) -> None:
+        """End the stream (the handler returns and the response is finished); idempotent."""
+        if not self.done.done():
+            self.close_reason = reason
+            self.done.set_result(None)
+
+
+class SSETransport:
+    """Accepts SSE requests, registers their subscribers with the hub, and sends heartbeats."""
+
+    def __init__(
+        self, hub: Hub, config: SSEConfig, *, origin: str, metrics: Metrics, client_buffer: int
+    ) -> None:
+        self._hub = hub
+        self._config = config
+        self._origin = origin
+        self._metrics = metrics
+        self._client_buffer = client_buffer
+        self._subscribers: set[SSESubscriber] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._retry_frame = b"retry: %d\n\n" % config.retry_ms
+
+    def start(self) -> None:
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat)
+            for sub in self._subscribers:
+                sub.push_comment(_HEARTBEAT)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "Connection": "keep-alive",
+            "X-Accel-Buffering": "no",
+        }
+        if self._origin:
+            headers["Access-Control-Allow-Origin"] = self._origin
+        return headers
+
+    def requested_types(self, request: web.BaseRequest) -> tuple[str, ...]:
+        """The types named by the event query parameter; raise ``InvalidSubscription``."""
+        name = self._config.event_query
+        values = request.query.getall(name, [])
+        if not values:
+            raise InvalidSubscription(f"missing query parameter {name!r}")
+        return parse_types(t for value in values for t in split_types(value))
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            types = self.requested_types(request)
+        except InvalidSubscription as exc:
+            headers = {"Access-Control-Allow-Origin": self._origin} if self._origin else None
+            return web.Response(status=400, text=f"{exc}\n", headers=headers)
+        response = web.StreamResponse(status=200, headers=self._headers())
+        await response.prepare(request)
+        transport = request.transport
+        if transport is None:  # the client left before we answered
+            return response
+        sub = SSESubscriber(
+            transport,
+            chunked=request.version >= HttpVersion11,
+            hub=self._hub,
+            metrics=self._metrics,
+            limit=self._client_buffer,
+        )
+        # Sent at once, so clients know they are subscribed before the first event.
+        await response.write(self._retry_frame)
+        self._hub.subscribe(sub, types)
+        self._subscribers.add(sub)
+        self._metrics.connection_opened("sse")
+        try:
+            await sub.done
+        except asyncio.CancelledError:
+            sub.close("client")
+            raise
+        finally:
+            self._hub.unsubscribe(sub)
+            self._subscribers.discard(sub)
+            self._metrics.connection_closed("sse", sub.close_reason or "client")
+            if sub.close_reason == "slow":
+                self._metrics.clients_dropped["slow"] += 1
+            log_stream_end(
+                transport="sse",
+                remote=remote_address(request),
+                path=request.path,
+                types=types,
+                started=started,
+                events=sub.events_sent,
+                reason=sub.close_reason or "client",
+            )
+        return response
+
+    def close_all(self, reason: str) -> None:
+        """End every stream (shutdown)."""
+        for sub in list(self._subscribers):
+            sub.close(reason)
+
+    async def aclose(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        self.close_all("shutdown")
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._subscribers)
