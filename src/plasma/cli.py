@@ -26,7 +26,6 @@ Configure it with environment variables:
 """
 
 
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in args):
@@ -36,8 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plasma {__version__}")
         return 0
     if args:
-        print(f"plasma: unknown argument {args[0]!r}; settings are environment variables, "
-              "see plasma --help", file=sys.stderr)
+        print(
+            f"plasma: unknown argument {args[0]!r}; settings are environment variables, "
+            "see plasma --help",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = Config.from_env(os.environ)

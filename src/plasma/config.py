@@ -212,7 +212,9 @@ class _Reader:
     def choice(self, name: str, choices: tuple[str, ...]) -> str:
         value = self.raw(name).strip().lower()
         if value not in choices:
-            raise ConfigError(name, self.raw(name), "one of " + ", ".join(c or '""' for c in choices))
+            raise ConfigError(
+                name, self.raw(name), "one of " + ", ".join(c or '""' for c in choices)
+            )
         return value
 
     def port(self, name: str, *, optional: bool = False) -> int | None:

@@ -1,11 +1,11 @@
 """Plasma's exceptions, grouped by what the caller does about them.
 
-    PlasmaError
-    ├── ConfigError      a setting is wrong: print the message, exit 2
-    ├── StartupError     the server cannot start (port in use, bad TLS files): exit 1
-    ├── SourceError      the broker connection failed: reconnect with back-off
-    │   └── SourceGaveUp the retry budget is spent and the policy says die: exit 1
-    └── InvalidEvent     a message on a channel is not an event: count, log, skip
+PlasmaError
+├── ConfigError      a setting is wrong: print the message, exit 2
+├── StartupError     the server cannot start (port in use, bad TLS files): exit 1
+├── SourceError      the broker connection failed: reconnect with back-off
+│   └── SourceGaveUp the retry budget is spent and the policy says die: exit 1
+└── InvalidEvent     a message on a channel is not an event: count, log, skip
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ caches each encoder's output, so a fan-out to N subscribers encodes it once.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +29,18 @@ Encoder = Callable[["Event"], bytes]
 class Event:
     """One event: its type, id (set by the hub), and its JSON texts."""
 
-    __slots__ = ("_encoded", "body", "data", "id", "type")
+    __slots__ = ("_encoded", "body", "data", "id", "name", "received", "type")
 
-    def __init__(self, type: str, data: bytes, body: bytes | None = None) -> None:
+    def __init__(
+        self, type: str, data: bytes, body: bytes | None = None, *, name: str = ""
+    ) -> None:
         self.type = type
         self.data = data
         self.body = body if body is not None else _body(type, data)
         self.id = ""
+        self.name = name
+        """SSE ``event:`` name; empty for ordinary events (``message``), set for signals."""
+        self.received = time.monotonic()
         self._encoded: dict[Encoder, bytes] = {}
 
     def encode(self, encoder: Encoder) -> bytes:

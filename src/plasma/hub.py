@@ -68,6 +68,12 @@ class Hub:
         for t in types:
             self._index.setdefault(t, {})[subscriber] = None
 
+    async def resume(
+        self, subscriber: Subscriber, types: tuple[str, ...], last_event_id: str | None
+    ) -> None:
+        """Subscribe, first replaying the events after ``last_event_id`` (or a gap signal)."""
+        self.subscribe(subscriber, types)
+
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``; unknown subscribers are ignored."""
         types = self._types.pop(subscriber, ())
@@ -94,8 +100,12 @@ class Hub:
             shown = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
             log.warning(
                 "skipped invalid event",
-                extra={"channel": channel, "reason": exc.reason, "error": str(exc),
-                       "payload": shown},
+                extra={
+                    "channel": channel,
+                    "reason": exc.reason,
+                    "error": str(exc),
+                    "payload": shown,
+                },
             )
             return None
         self.publish(event)

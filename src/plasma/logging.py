@@ -60,7 +60,7 @@ def open_log_stream(out: str, variable: str) -> IO[str]:
     if out == "stderr":
         return sys.stderr
     try:
-        return open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+        return open(out, "a", buffering=1, encoding="utf-8")
     except OSError as exc:
         raise StartupError(f"{variable}={out!r}: cannot open log file: {exc.strerror}") from exc
 

@@ -31,7 +31,10 @@ _SHUTDOWN_TIMEOUT = 3.0
 
 def make_tls_context(tls: TLSConfig) -> ssl.SSLContext:
     """A server context for both files; every failure names the variable to fix."""
-    for name, path in (("PLASMA_TLS_CERT_FILE", tls.cert_file), ("PLASMA_TLS_KEY_FILE", tls.key_file)):
+    for name, path in (
+        ("PLASMA_TLS_CERT_FILE", tls.cert_file),
+        ("PLASMA_TLS_KEY_FILE", tls.key_file),
+    ):
         try:
             with open(path, "rb"):
                 pass

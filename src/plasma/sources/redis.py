@@ -10,6 +10,7 @@ first event after a quiet minute arrives as fast as any other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -151,7 +152,5 @@ class RedisSource:
 
 async def _quietly(awaitable: object) -> None:
     """Await a close call, ignoring errors: the connection is going away anyway."""
-    try:
+    with contextlib.suppress(RedisError, OSError, TimeoutError, RuntimeError):
         await asyncio.wait_for(awaitable, 1.0)  # type: ignore[arg-type]
-    except (RedisError, OSError, TimeoutError, RuntimeError):
-        pass

@@ -68,7 +68,9 @@ class ProtocolSniffer(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if self._transport is not None:
-            log.debug("closing a connection that sent no request", extra={"bytes": len(self._buffer)})
+            log.debug(
+                "closing a connection that sent no request", extra={"bytes": len(self._buffer)}
+            )
             self._transport.abort()
 
     def _cancel_timer(self) -> None:

@@ -18,9 +18,7 @@ __all__ = ["MetaEndpoints"]
 
 
 def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json"
-    )
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 class MetaEndpoints:
@@ -55,7 +53,9 @@ class MetaEndpoints:
         return web.Response(status=404, text="404 page not found\n")
 
     @staticmethod
-    async def _allow(request: web.BaseRequest, methods: tuple[str, ...], handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    async def _allow(
+        request: web.BaseRequest, methods: tuple[str, ...], handler
+    ) -> web.StreamResponse:  # type: ignore[no-untyped-def]
         if request.method not in methods:
             return web.Response(
                 status=405, text="405 method not allowed\n", headers={"Allow": ", ".join(methods)}

@@ -1,0 +1,65 @@
+"""Shared fixtures: a clean environment, a real redis-server, and a factory of plasma processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support import PlasmaProcess, RedisServer, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _clean_plasma_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees PLASMA_* settings from the shell that started pytest."""
+    for name in list(os.environ):
+        if name.startswith("PLASMA_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def plasma() -> Iterator[Callable[..., PlasmaProcess]]:
+    """``plasma(PLASMA_X="y", ...)`` starts a server and waits until its port accepts."""
+    started: list[PlasmaProcess] = []
+
+    def start(wait: bool = True, **env: str) -> PlasmaProcess:
+        process = PlasmaProcess(env=env).start(wait=wait)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        with contextlib.suppress(AssertionError):
+            process.stop()
+
+
+@pytest.fixture
+def redis_plasma(
+    redis_server: RedisServer, plasma: Callable[..., PlasmaProcess]
+) -> Callable[..., PlasmaProcess]:
+    """Like ``plasma`` but reading channel ``events`` of the test's redis-server by default."""
+
+    def start(wait: bool = True, **env: str) -> PlasmaProcess:
+        base = {
+            "PLASMA_SUBSCRIBER_TYPE": "redis",
+            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_server.addr,
+            "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
+            "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
+        }
+        base.update(env)
+        process = plasma(wait=wait, **base)
+        if wait:
+            channel = base["PLASMA_SUBSCRIBER_REDIS_CHANNELS"].split(",")[0]
+            wait_for(lambda: redis_server.numsub(channel) > 0, what="plasma to subscribe")
+        return process
+
+    return start

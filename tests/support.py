@@ -1,0 +1,306 @@
+"""Real processes and real clients for the integration tests: redis-server, plasma, SSE readers.
+
+Nothing here fakes what plasma integrates with: ``RedisServer`` runs the ``redis-server`` binary,
+``PlasmaProcess`` runs ``python -m plasma`` with an environment, and ``SSEStream`` reads a stream
+with aiohttp's HTTP client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+__all__ = [
+    "PlasmaProcess",
+    "RedisServer",
+    "SSEEvent",
+    "SSEStream",
+    "free_port",
+    "wait_for",
+]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``predicate()`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, with no persistence."""
+
+    def __init__(self, port: int | None = None, password: str = "") -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run ./scripts/test, which installs it "
+                "(Debian package redis-server)"
+            )
+        self.binary = binary
+        self.port = port or free_port()
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.mkdtemp(prefix="plasma-redis-")
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RedisServer:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--enable-debug-command",
+            "yes",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _port_open(self.port), 10, what=f"redis-server on {self.port}")
+        return self
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, password=self.password or None, **kwargs
+        )
+
+    def publish(self, channel: str, message: bytes | str | dict[str, Any]) -> int:
+        if isinstance(message, dict):
+            message = orjson.dumps(message)
+        with self.client() as c:
+            return int(c.publish(channel, message))
+
+    def numsub(self, channel: str) -> int:
+        with self.client() as c:
+            return int(dict(c.pubsub_numsub(channel)).get(channel.encode(), 0))
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class PlasmaProcess:
+    """``python -m plasma`` with the given ``PLASMA_*`` environment, logging to files."""
+
+    env: Mapping[str, str]
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="plasma-logs-")))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.log_dir / "stdout.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.log_dir / "stderr.log"
+
+    def start(self, wait: bool = True) -> PlasmaProcess:
+        if not self.port:
+            self.port = int(self.env.get("PLASMA_PORT") or free_port())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLASMA_")}
+        env.update({"PLASMA_HOST": "127.0.0.1", "PLASMA_PORT": str(self.port)})
+        env.update(self.env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "plasma"],
+            env=env,
+            stdout=open(self.stdout_path, "wb"),  # noqa: SIM115
+            stderr=open(self.stderr_path, "wb"),  # noqa: SIM115
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"plasma exited with {self.proc.returncode}:\n{self.output()}")
+            return _port_open(self.port)
+
+        wait_for(ready, timeout, what=f"plasma on port {self.port}")
+
+    def output(self) -> str:
+        out = self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+        err = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+        return out + err
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """Every JSON log line written to stdout so far."""
+        lines = []
+        for line in self.stdout_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    lines.append(orjson.loads(line))
+        return lines
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"plasma did not stop within {timeout}s") from None
+        return int(self.proc.returncode)
+
+    def metrics(self) -> dict[str, Any]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            return dict(orjson.loads(r.read()))
+
+
+@dataclass
+class SSEEvent:
+    id: str | None
+    data: str
+    event: str | None = None
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+
+class SSEStream:
+    """An SSE subscription read with aiohttp's client; ``next_event`` parses one frame."""
+
+    def __init__(self, response: aiohttp.ClientResponse, session: aiohttp.ClientSession) -> None:
+        self.response = response
+        self._session = session
+        self.retry: int | None = None
+        self.comments: list[str] = []
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        types: str | None,
+        *,
+        query: str = "eventType",
+        headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> SSEStream:
+        own = session is None
+        if session is None:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        params = {query: types} if types is not None else {}
+        h = {"Accept": "text/event-stream", **(headers or {})}
+        try:
+            response = await session.get(url, params=params, headers=h)
+        except BaseException:
+            if own:
+                await session.close()
+            raise
+        stream = cls(response, session if own else None)  # type: ignore[arg-type]
+        return stream
+
+    async def next_frame(self, timeout: float = 5.0) -> SSEEvent | None:
+        """The next frame with data; records ``retry:`` and comments on the way."""
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                raw = await self.response.content.readline()
+                if not raw:
+                    return None
+                line = raw.decode().rstrip("\r\n")
+                if line == "":
+                    if data:
+                        return SSEEvent(fields.get("id"), "\n".join(data), fields.get("event"))
+                    continue
+                if line.startswith(":"):
+                    self.comments.append(line[1:])
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "retry":
+                    self.retry = int(value)
+                else:
+                    fields[name] = value
+
+    async def next_event(self, timeout: float = 5.0) -> SSEEvent:
+        frame = await self.next_frame(timeout)
+        if frame is None:
+            raise AssertionError("stream ended before the next event")
+        return frame
+
+    async def wait_retry(self, timeout: float = 5.0) -> int:
+        """Read until the ``retry:`` line that opens every plasma stream."""
+        async with asyncio.timeout(timeout):
+            while self.retry is None:
+                raw = await self.response.content.readline()
+                if not raw:
+                    raise AssertionError("stream ended before retry:")
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("retry:"):
+                    self.retry = int(line[6:].strip())
+        return self.retry
+
+    async def close(self) -> None:
+        self.response.close()
+        if self._session is not None:
+            await self._session.close()
