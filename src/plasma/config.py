@@ -116,12 +116,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PLASMA_SSE_RETRY", "2000", "int", "SSE retry: milliseconds clients wait to reconnect"),
     Setting("PLASMA_SSE_EVENTQUERY", "eventType", "string", "SSE query parameter listing types"),
     Setting("PLASMA_SSE_HEARTBEAT", "10s", "duration", "interval of the :heartbeat comment"),
-    Setting("PLASMA_SUBSCRIBER_TYPE", "mock", "choice", "event source: mock or redis"),
+    Setting("PLASMA_SUBSCRIBER_TYPE", "mock", "choice", "source: mock, redis or redis-stream"),
     Setting("PLASMA_SUBSCRIBER_MOCK_INTERVAL", "1s", "duration", "mock source: event interval"),
     Setting("PLASMA_SUBSCRIBER_REDIS_ADDR", "localhost:6379", "host:port", "Redis address"),
     Setting("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "", "string", "Redis password", secret=True),
     Setting("PLASMA_SUBSCRIBER_REDIS_DB", "0", "int", "Redis database number"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_CHANNELS", "", "list", "comma-separated channels to read"),
+    Setting("PLASMA_SUBSCRIBER_REDIS_CHANNELS", "", "list", "channels or streams, a,b,c"),
     Setting(
         "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR",
         "alive",
@@ -149,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PLASMA_METRICS_SYSLOG_FACILITY", "0", "int", "syslog facility (0-23, Go's order)"),
     Setting("PLASMA_METRICS_SYSLOG_NETWORK", "", "string", "udp, tcp, unix or empty (local)"),
     Setting("PLASMA_METRICS_SYSLOG_ADDR", "", "string", "syslog address (host:port or path)"),
+    Setting("PLASMA_HISTORY_SIZE", "10000", "int", "events kept for resume (0: no history)"),
+    Setting("PLASMA_HISTORY_TTL", "5m", "duration", "oldest event kept for resume (0: no limit)"),
     Setting("PLASMA_CLIENT_BUFFER", "1048576", "int", "bytes a client may have unsent"),
     Setting("PLASMA_WORKERS", "1", "int", "worker processes sharing the port (0: one per core)"),
 )
@@ -172,9 +174,12 @@ class _Reader:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._env = dict(environ)
+        self.aliased: dict[str, str] = {}
+        """Settings read through an alias: name -> the alias the environment used."""
         for alias, name in _ALIASES.items():
             if alias in self._env and name not in self._env:
                 self._env[name] = self._env[alias]
+                self.aliased[name] = alias
 
     def raw(self, name: str) -> str:
         value = self._env.get(name)
@@ -279,7 +284,7 @@ class RedisConfig:
 class SourceConfig:
     """Where events come from: ``type`` is ``mock`` or ``redis``."""
 
-    type: Literal["mock", "redis"] = "mock"
+    type: Literal["mock", "redis", "redis-stream"] = "mock"
     mock_interval: float = 1.0
     redis: RedisConfig = field(default_factory=RedisConfig)
 
@@ -337,6 +342,8 @@ class Config:
     access_log: LogConfig = field(default_factory=LogConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    history_size: int = 10000
+    history_ttl: float = 300.0
     client_buffer: int = 1 << 20
     workers: int = 1
 
@@ -344,16 +351,27 @@ class Config:
     def from_env(cls, environ: Mapping[str, str]) -> Config:
         """Build a ``Config`` from ``PLASMA_*`` variables; raise ``ConfigError`` on a bad value."""
         r = _Reader(environ)
-        source_type = r.choice("PLASMA_SUBSCRIBER_TYPE", ("mock", "redis"))
+        try:
+            return cls._build(r)
+        except ConfigError as exc:
+            alias = r.aliased.get(exc.name)
+            if alias is None:
+                raise
+            # Name the variable the environment actually set (the original's misspelling).
+            raise ConfigError(alias, exc.value, exc.expected) from None
+
+    @classmethod
+    def _build(cls, r: _Reader) -> Config:
+        source_type = r.choice("PLASMA_SUBSCRIBER_TYPE", ("mock", "redis", "redis-stream"))
         host, port = r.get(
             "PLASMA_SUBSCRIBER_REDIS_ADDR", _parse_addr, "host:port, e.g. localhost:6379"
         )
         channels = _parse_list(r.string("PLASMA_SUBSCRIBER_REDIS_CHANNELS"))
-        if source_type == "redis" and not channels:
+        if source_type != "mock" and not channels:
             raise ConfigError(
                 "PLASMA_SUBSCRIBER_REDIS_CHANNELS",
                 r.raw("PLASMA_SUBSCRIBER_REDIS_CHANNELS"),
-                "at least one channel name when PLASMA_SUBSCRIBER_TYPE=redis",
+                f"at least one channel (or stream) name when PLASMA_SUBSCRIBER_TYPE={source_type}",
             )
         redis = RedisConfig(
             host=host,
@@ -418,6 +436,8 @@ class Config:
             ),
             tls=tls,
             metrics=metrics,
+            history_size=r.integer("PLASMA_HISTORY_SIZE", 0, 10_000_000),
+            history_ttl=r.duration("PLASMA_HISTORY_TTL", positive=False),
             client_buffer=r.integer("PLASMA_CLIENT_BUFFER", 1024),
             workers=r.integer("PLASMA_WORKERS", 0, 256),
         )

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Protocol
 
+import orjson
+
 from plasma.errors import InvalidEvent
-from plasma.events import Encoder, Event, parse_event
+from plasma.events import Encoder, Event, parse_event, type_prefixes
+from plasma.history import History
 from plasma.metrics import Metrics
 
-__all__ = ["Flushable", "Hub", "Subscriber"]
+__all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber"]
 
 log = logging.getLogger("plasma.hub")
 
@@ -44,14 +48,42 @@ class Subscriber(Protocol):
         """Queue ``data``; return what to flush if it was not already waiting. Never awaits."""
 
 
-class Hub:
-    """Owns the topic index and event ids, and fans events out to subscribers."""
+class Archive(Protocol):
+    """A source that keeps its own history (Redis Streams): older events than the hub holds."""
 
-    def __init__(self, metrics: Metrics, *, max_event_bytes: int | None = None) -> None:
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        """Events after ``event_id`` in order, or ``None`` if it cannot vouch for that id."""
+
+
+GAP_TYPE = "plasma:gap"
+"""Reserved type of the in-band signal that events were lost (SSE event name ``gap``)."""
+
+
+class Hub:
+    """Owns the topic index, event ids and history, and fans events out to subscribers."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
+        max_event_bytes: int | None = None,
+        epoch: str | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.epoch = epoch or secrets.token_hex(4)
+        """Names this hub's incarnation in its ids, so ids from another process never match."""
+        self.history = History(history_size, history_ttl)
+        self.gaps = 0
+        """Resumes that history could not serve (a gap event was sent)."""
+        self.archive: Archive | None = None
         self._index: dict[str, dict[Subscriber, None]] = {}
         self._types: dict[Subscriber, tuple[str, ...]] = {}
         self._seq = 0
+        self._start_id = f"{self.epoch}-0"
+        self.history.mark(self._start_id)
+        self._taps: list[list[Event]] = []
         self._dirty: list[Flushable] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -68,11 +100,62 @@ class Hub:
         for t in types:
             self._index.setdefault(t, {})[subscriber] = None
 
+    def mark_start(self, event_id: str) -> None:
+        """Set the id that stands for "before every event still to come" (a source's position)."""
+        self._start_id = event_id
+        self.history.mark(event_id)
+
+    @property
+    def last_id(self) -> str:
+        """The newest id this hub can vouch for: resuming from it misses nothing."""
+        return self.history.last_id or self._start_id
+
     async def resume(
         self, subscriber: Subscriber, types: tuple[str, ...], last_event_id: str | None
-    ) -> None:
-        """Subscribe, first replaying the events after ``last_event_id`` (or a gap signal)."""
+    ) -> bool:
+        """Subscribe, first replaying every matching event after ``last_event_id``.
+
+        When neither the history nor the source's archive can vouch for the id, the subscriber
+        gets a gap event first (type ``plasma:gap``) carrying the id it can resume from later.
+        Returns whether the resume was complete (no gap).
+        """
+        if not last_event_id:
+            self.subscribe(subscriber, types)
+            return True
+        missed = self.history.after(last_event_id)
+        live: list[Event] = []
+        if missed is None and self.archive is not None:
+            # Hold back live events while the archive answers, then merge without duplicates.
+            self._taps.append(live)
+            try:
+                missed = await self.archive.events_after(last_event_id)
+            finally:
+                self._taps.remove(live)
+            if missed is not None:
+                seen = {e.id for e in missed}
+                missed.extend(e for e in live if e.id not in seen)
+        complete = missed is not None
+        if missed is None:
+            self.gaps += 1
+            missed = [self._gap_event(last_event_id), *live]
+        wanted = set(types)
+        for event in missed:
+            if event.type == GAP_TYPE or not wanted.isdisjoint(type_prefixes(event.type)):
+                target = subscriber.push(event.encode(subscriber.encoder))
+                if target is not None:
+                    self.mark_dirty(target)
         self.subscribe(subscriber, types)
+        return complete
+
+    def _gap_event(self, requested: str) -> Event:
+        resume_from = self.last_id
+        event = Event(
+            GAP_TYPE,
+            orjson.dumps({"lastEventId": requested, "resumeFrom": resume_from}),
+            name="gap",
+        )
+        event.id = resume_from
+        return event
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber``; unknown subscribers are ignored."""
@@ -90,7 +173,7 @@ class Hub:
 
     # --- events in ---------------------------------------------------------------------------
 
-    def publish_raw(self, raw: bytes | str, channel: str = "") -> Event | None:
+    def publish_raw(self, raw: bytes | str, channel: str = "", event_id: str = "") -> Event | None:
         """Parse a broker message and publish it; count, log and skip it if it is invalid."""
         self.metrics.events_received += 1
         try:
@@ -108,6 +191,7 @@ class Hub:
                 },
             )
             return None
+        event.id = event_id
         self.publish(event)
         return event
 
@@ -115,7 +199,12 @@ class Hub:
         """Give ``event`` an id and queue it for every matching subscriber; return how many."""
         self._seq += 1
         seq = self._seq
-        event.id = str(seq)
+        if not event.id:
+            event.id = f"{self.epoch}-{seq}"
+        self.history.append(event)
+        if self._taps:
+            for tap in self._taps:
+                tap.append(event)
         index = self._index
         t = event.type
         buckets = []

@@ -59,8 +59,12 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.hub = Hub(self.metrics)
+        self.hub = Hub(
+            self.metrics, history_size=config.history_size, history_ttl=config.history_ttl
+        )
         self.source = create_source(config.source, self.metrics)
+        if hasattr(self.source, "events_after"):
+            self.hub.archive = self.source  # type: ignore[assignment]
         self.sse = SSETransport(
             self.hub,
             config.sse,

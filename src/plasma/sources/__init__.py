@@ -7,12 +7,15 @@ from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.sources.mock import MockSource
 from plasma.sources.redis import RedisSource
+from plasma.sources.redis_stream import RedisStreamSource
 
-__all__ = ["MockSource", "RedisSource", "Source", "create_source"]
+__all__ = ["MockSource", "RedisSource", "RedisStreamSource", "Source", "create_source"]
 
 
 def create_source(config: SourceConfig, metrics: Metrics) -> Source:
     """The source ``config.type`` names."""
     if config.type == "redis":
         return RedisSource(config.redis, metrics)
+    if config.type == "redis-stream":
+        return RedisStreamSource(config.redis, metrics)
     return MockSource(config.mock_interval, metrics)

@@ -102,13 +102,7 @@ class RedisSource:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await asyncio.wait_for(pubsub.subscribe(*c.channels), timeout=c.timeout * 5)
-            if self._failures:
-                self._metrics.source_reconnects += 1
-            self._failures = 0
-            self._metrics.source_up = 1
-            log.info(
-                "redis source subscribed", extra={"addr": self.address, "channels": c.channels}
-            )
+            self._on_connected("subscribed")
             publish = hub.publish_raw
             get_message = pubsub.get_message
             while True:
@@ -124,6 +118,17 @@ class RedisSource:
             self._metrics.source_up = 0
             await _quietly(pubsub.aclose())
             await _quietly(client.aclose())
+
+    def _on_connected(self, what: str) -> None:
+        """A (re)connection succeeded: the retry budget starts over."""
+        if self._failures:
+            self._metrics.source_reconnects += 1
+        self._failures = 0
+        self._metrics.source_up = 1
+        log.info(
+            f"{self.name} source {what}",
+            extra={"addr": self.address, "channels": self._config.channels},
+        )
 
     async def healthy(self) -> bool:
         try:

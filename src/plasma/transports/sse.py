@@ -20,18 +20,28 @@ from plasma.events import Event
 from plasma.hub import Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
-from plasma.transports.access import log_stream_end, remote_address
+from plasma.transports.access import log_request, log_stream_end, remote_address
 
 __all__ = ["SSESubscriber", "SSETransport", "encode_sse", "encode_sse_chunked", "wants_sse"]
 
 log = logging.getLogger("plasma.transports.sse")
 
 _HEARTBEAT = b":heartbeat\n\n"
+# How long a server-ended stream may take to drain before the socket is aborted.
+_CLOSE_GRACE = 5.0
+
+
+def _last_event_id(request: web.BaseRequest) -> str | None:
+    """The standard ``Last-Event-ID`` header (browsers), else the ``lastEventId`` parameter."""
+    return request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
 
 
 def encode_sse(event: Event) -> bytes:
     """The SSE frame of an event: its hub id and the whole event as compact JSON."""
-    return b"id: " + event.id.encode() + b"\ndata: " + event.body + b"\n\n"
+    frame = b"id: " + event.id.encode() + b"\ndata: " + event.body + b"\n\n"
+    if event.name:  # a signal (gap): named, so plain onmessage handlers never see it
+        return b"event: " + event.name.encode() + b"\n" + frame
+    return frame
 
 
 def _chunk(frame: bytes) -> bytes:
@@ -57,6 +67,7 @@ class SSESubscriber:
 
     __slots__ = (
         "_chunked",
+        "_goodbye",
         "_hub",
         "_limit",
         "_metrics",
@@ -77,8 +88,10 @@ class SSESubscriber:
         hub: Hub,
         metrics: Metrics,
         limit: int,
+        goodbye: bytes,
     ) -> None:
         self.transport = transport
+        self._goodbye = _chunk(goodbye) if chunked else goodbye
         self.encoder = encode_sse_chunked if chunked else encode_sse
         self._chunked = chunked
         self.last_seq = 0
@@ -113,10 +126,11 @@ class SSESubscriber:
             return
         transport.write(data)
         self._metrics.bytes_written += len(data)
-        # A client that does not read fills its buffer: cut it, never wait for it.
+        # A client that does not read fills its buffer: cut it, never wait for it. It gets a
+        # retry: frame after what it has not read yet, so it reconnects and resumes from history.
         if transport.get_write_buffer_size() > self._limit:
+            transport.write(self._goodbye)
             self.close("slow")
-            transport.abort()
 
     def close(self, reason: str) -> None:
         """End the stream (the handler returns and the response is finished); idempotent."""
@@ -174,6 +188,7 @@ class SSETransport:
             types = self.requested_types(request)
         except InvalidSubscription as exc:
             headers = {"Access-Control-Allow-Origin": self._origin} if self._origin else None
+            log_request(request, 400, started)
             return web.Response(status=400, text=f"{exc}\n", headers=headers)
         response = web.StreamResponse(status=200, headers=self._headers())
         await response.prepare(request)
@@ -186,13 +201,14 @@ class SSETransport:
             hub=self._hub,
             metrics=self._metrics,
             limit=self._client_buffer,
+            goodbye=self._retry_frame,
         )
         # Sent at once, so clients know they are subscribed before the first event.
         await response.write(self._retry_frame)
-        self._hub.subscribe(sub, types)
         self._subscribers.add(sub)
         self._metrics.connection_opened("sse")
         try:
+            await self._hub.resume(sub, types, _last_event_id(request))
             await sub.done
         except asyncio.CancelledError:
             sub.close("client")
@@ -203,6 +219,14 @@ class SSETransport:
             self._metrics.connection_closed("sse", sub.close_reason or "client")
             if sub.close_reason == "slow":
                 self._metrics.clients_dropped["slow"] += 1
+                log.warning(
+                    "dropped a slow SSE client",
+                    extra={"remote": remote_address(request), "limit": self._client_buffer},
+                )
+            if sub.close_reason:
+                # End the connection after this response; a client that never reads it is cut.
+                response.force_close()
+                asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
             log_stream_end(
                 transport="sse",
                 remote=remote_address(request),

@@ -1,0 +1,84 @@
+"""Bounded in-memory history: the recent events, so a reconnecting client misses nothing.
+
+Every event the hub publishes is appended, subscribers or not. The history is bounded by a
+count and an age; ``after(id)`` answers "everything since this id" in O(1) plus the size of the
+answer, or ``None`` when the id is unknown here (evicted, from another process, or made up) —
+the caller then asks the source's own archive or sends the gap signal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from plasma.events import Event
+
+__all__ = ["History"]
+
+
+class History:
+    """The last ``size`` events no older than ``ttl`` seconds (``ttl`` 0: no age limit)."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._events: deque[Event] = deque()
+        self._positions: dict[str, int] = {}
+        self._base = 0  # absolute position of self._events[0]
+        self._next = 0  # absolute position of the next event appended
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def mark(self, event_id: str) -> None:
+        """Remember an id that precedes every event still to come (the start of time)."""
+        if self.size and not self._events:
+            self._positions[event_id] = self._next - 1
+
+    def append(self, event: Event) -> None:
+        if not self.size:
+            return
+        events = self._events
+        events.append(event)
+        self._positions[event.id] = self._next
+        self._next += 1
+        if len(events) > self.size:
+            self._evict_one()
+        if self.ttl:
+            deadline = event.received - self.ttl
+            while events and events[0].received < deadline:
+                self._evict_one()
+
+    def _evict_one(self) -> None:
+        old = self._events.popleft()
+        self._positions.pop(old.id, None)
+        self._base += 1  # a start-of-time mark now lies before the base: after() says None
+
+    def after(self, event_id: str) -> list[Event] | None:
+        """Events after ``event_id`` in order, or ``None`` if this history cannot vouch for it."""
+        pos = self._positions.get(event_id)
+        if pos is None:
+            return None
+        self._expire()
+        start = pos + 1 - self._base
+        if start < 0:
+            return None
+        events = self._events
+        if start == 0:
+            return list(events)
+        return [events[i] for i in range(start, len(events))]
+
+    def _expire(self) -> None:
+        if self.ttl and self._events:
+            deadline = time.monotonic() - self.ttl
+            while self._events and self._events[0].received < deadline:
+                self._evict_one()
+
+    @property
+    def last_id(self) -> str | None:
+        """The newest id in history."""
+        return self._events[-1].id if self._events else None

@@ -1,0 +1,169 @@
+"""The Redis Streams source: ``XREAD`` the configured streams; the entry id is the event id.
+
+Unlike pub/sub, a stream keeps its entries, so this source is also the hub's *archive*: a client
+resuming from an id older than the hub's in-memory history (or from before a plasma restart, or
+from another plasma node reading the same streams) gets the missed range from ``XRANGE``. Every
+node and worker sees the same ids, so a client may reconnect anywhere.
+
+Publishers add one field per entry holding the event JSON, named ``event``
+(``XADD mystream * event '{"meta":{"type":"a:b"},"data":1}'``); an entry with a single field of
+another name is read the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from plasma.errors import InvalidEvent, SourceError
+from plasma.events import Event, parse_event
+from plasma.sources.redis import _PROBE_TIMEOUT, RedisSource, _quietly
+
+if TYPE_CHECKING:
+    from plasma.hub import Hub
+
+__all__ = ["EVENT_FIELD", "RedisStreamSource"]
+
+log = logging.getLogger("plasma.sources.redis_stream")
+
+EVENT_FIELD = b"event"
+_STREAM_ID = re.compile(r"^(\d+)-(\d+)$")
+# Most entries one XREAD returns; larger bursts are read in several calls.
+_READ_COUNT = 1000
+# Most entries a single resume replays from Redis.
+_REPLAY_LIMIT = 100_000
+
+
+def _order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "0-0"
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _payload(fields: dict[bytes, bytes]) -> bytes | None:
+    value = fields.get(EVENT_FIELD)
+    if value is None and len(fields) == 1:
+        value = next(iter(fields.values()))
+    return value
+
+
+class RedisStreamSource(RedisSource):
+    """Reads ``config.channels`` as stream keys, from where it started, across reconnects."""
+
+    name = "redis-stream"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._positions: dict[str, str] | None = None
+
+    async def _listen(self, hub: Hub) -> None:
+        c = self._config
+        client = self._client(timeout=None)
+        try:
+            if self._positions is None:
+                self._positions = await asyncio.wait_for(self._tails(client), c.timeout * 5)
+                newest = max(self._positions.values(), key=_order)
+                hub.mark_start(newest)
+            self._on_connected("reading")
+            positions = self._positions
+            block_ms = max(1, int(c.timeout * 1000))
+            while True:
+                reply = await client.xread(positions, count=_READ_COUNT, block=block_ms)
+                if not reply:
+                    continue
+                batch: list[tuple[tuple[int, int], str, str, bytes | None]] = []
+                for key, entries in reply:
+                    stream = key.decode("utf-8", "replace")
+                    for entry_id, fields in entries:
+                        eid = entry_id.decode()
+                        batch.append((_order(eid), eid, stream, _payload(fields)))
+                    if entries:
+                        positions[stream] = entries[-1][0].decode()
+                # Several streams: publish in id (time) order, as a resume from Redis would.
+                if len(reply) > 1:
+                    batch.sort(key=lambda item: item[0])
+                for _, eid, stream, payload in batch:
+                    hub.publish_raw(payload if payload is not None else b"", stream, eid)
+        except TimeoutError as exc:
+            raise SourceError(f"redis at {self.address} did not answer") from exc
+        finally:
+            self._metrics.source_up = 0
+            await _quietly(client.aclose())
+
+    async def _tails(self, client: Any) -> dict[str, str]:
+        """Each stream's newest id now: reading starts there, missing streams at ``0-0``."""
+        tails = {}
+        for stream in self._config.channels:
+            newest = await client.xrevrange(stream, count=1)
+            tails[stream] = newest[0][0].decode() if newest else "0-0"
+        return tails
+
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
+        if not _STREAM_ID.match(event_id):
+            return None
+        after = _order(event_id)
+        try:
+            found: list[tuple[tuple[int, int], Event]] = []
+            for stream in self._config.channels:
+                if not await self._still_has(stream, after):
+                    return None
+                entries = await asyncio.wait_for(
+                    self._probe.xrange(stream, min=f"({event_id}", count=_REPLAY_LIMIT),
+                    self._config.timeout * 5,
+                )
+                for entry_id, fields in entries:
+                    payload = _payload(fields)
+                    if payload is None:
+                        continue
+                    try:
+                        event = parse_event(payload)
+                    except InvalidEvent:
+                        continue  # counted and logged when it was read live
+                    event.id = entry_id.decode()
+                    found.append((_order(event.id), event))
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "cannot read missed events from redis; sending a gap",
+                extra={"addr": self.address, "error": str(exc) or type(exc).__name__},
+            )
+            await _quietly(self._probe.connection_pool.disconnect())
+            return None
+        found.sort(key=lambda item: item[0])
+        return [event for _, event in found]
+
+    async def _still_has(self, stream: str, after: tuple[int, int]) -> bool:
+        """Whether every entry after ``after`` is still in ``stream`` (none trimmed or deleted)."""
+        try:
+            info = await asyncio.wait_for(self._probe.xinfo_stream(stream), _PROBE_TIMEOUT * 2)
+        except ResponseError:  # no such stream: nothing was ever there to miss
+            return True
+        if after > _order(_text(info.get("last-generated-id"))):
+            return False  # an id from the future: another Redis, or made up
+        if _order(_text(info.get("max-deleted-entry-id"))) > after:
+            return False  # XDEL removed something newer
+        first = info.get("first-entry")
+        if first is None:
+            return True
+        # XTRIM drops the oldest entries: if any were dropped and the client's id is older than
+        # what is left, the entries just after its id may be among them.
+        removed = int(info.get("entries-added", info.get("length", 0))) > int(info["length"])
+        return not (removed and after < _order(_text(first[0])))
+
+    async def publish(self, raw: bytes) -> None:
+        try:
+            await asyncio.wait_for(
+                self._probe.xadd(self._config.channels[0], {EVENT_FIELD: raw}), _PROBE_TIMEOUT
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            await _quietly(self._probe.connection_pool.disconnect())
+            raise SourceError(f"cannot add to redis stream at {self.address}: {exc}") from exc
