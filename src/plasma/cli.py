@@ -12,6 +12,7 @@ from plasma import __version__
 from plasma.config import Config, settings_help
 from plasma.errors import ConfigError, SourceGaveUp, StartupError
 from plasma.logging import configure_logging
+from plasma.workers import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, run_workers
 
 __all__ = ["main"]
 
@@ -52,13 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plasma: {exc}", file=sys.stderr)
         return 2
     if config.workers != 1:
-        from plasma.workers import run_workers
-
         return run_workers(config)
     return run_server(config)
 
 
-def run_server(config: Config) -> int:
+def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> int:
     """Run one server process in this process; return the exit status."""
     from plasma.server import serve
 
@@ -70,14 +69,14 @@ def run_server(config: Config) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir))
     except StartupError as exc:
         log.critical(str(exc))
         print(f"plasma: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_STARTUP
     except SourceGaveUp as exc:
         log.critical("giving up: %s", exc)
-        return 1
+        return EXIT_SOURCE_GAVE_UP
     except KeyboardInterrupt:
         return 0
     return 0

@@ -13,8 +13,10 @@ from aiohttp import web, web_server
 
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
+from plasma.exporters.sender import MetricsSender
 from plasma.hub import Hub
 from plasma.metrics import Metrics
+from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc import GrpcTransport
 from plasma.transports.listener import SniffingFactory
@@ -56,8 +58,12 @@ def make_tls_context(tls: TLSConfig) -> ssl.SSLContext:
 class Server:
     """Owns every long-lived part; ``start`` listens, ``aclose`` stops in aiohttp's order."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, *, peers: Peers | None = None, worker_id: int | None = None
+    ) -> None:
         self.config = config
+        self.peers = peers
+        self.worker_id = worker_id
         self.metrics = Metrics()
         self.hub = Hub(
             self.metrics, history_size=config.history_size, history_ttl=config.history_ttl
@@ -85,6 +91,7 @@ class Server:
         self._http: web_server.Server | None = None
         self._listeners: list[asyncio.Server] = []
         self._source_task: asyncio.Task[None] | None = None
+        self._peers_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.ports: list[int] = []
 
@@ -106,7 +113,11 @@ class Server:
             grpc_only = SniffingFactory(http=None, grpc=self.grpc.protocol_factory)
             await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
         self.sse.start()
+        self._metrics_sender = MetricsSender(config.metrics, self.metrics.snapshot)
+        self._metrics_sender.start()  # PLASMA_METRICS_TYPE=log|syslog; no-op when empty
         self._source_task = loop.create_task(self._run_source())
+        if self.peers is not None:
+            self._peers_task = loop.create_task(self._share_metrics(self.peers))
         log.info(
             "plasma listening",
             extra={
@@ -115,8 +126,15 @@ class Server:
                 "grpc_port": self.ports[1] if len(self.ports) > 1 else None,
                 "tls": tls is not None,
                 "source": self.source.name,
+                "worker": self.worker_id,
             },
         )
+
+    async def _share_metrics(self, peers: Peers) -> None:
+        """Let sibling workers see this one's counters (``/metrics`` covers the whole server)."""
+        while True:
+            peers.write(self.metrics.snapshot())
+            await asyncio.sleep(1.0)
 
     async def _listen(
         self, factory: SniffingFactory, port: int, variable: str, tls: ssl.SSLContext | None
@@ -181,6 +199,10 @@ class Server:
         log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
         for server in self._listeners:
             server.close()
+        if getattr(self, "_metrics_sender", None) is not None:
+            await self._metrics_sender.aclose()
+        if self._peers_task is not None:
+            self._peers_task.cancel()
         if self._source_task is not None and not self._source_task.done():
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -199,6 +221,7 @@ class Server:
         log.info("plasma stopped")
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> None:
     """Run one server process until it is told to stop."""
-    await Server(config).run()
+    peers = Peers(peers_dir, worker_id or 0) if peers_dir else None
+    await Server(config, peers=peers, worker_id=worker_id).run()

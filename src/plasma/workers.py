@@ -1,0 +1,156 @@
+"""Several worker processes on one port: a supervisor that starts, restarts and drains them.
+
+Each worker is a whole plasma server (hub, source subscription, transports) bound to the same
+port with ``SO_REUSEPORT``, so the kernel spreads connections over the workers and per-delivery
+cost stays what it is in one process. The supervisor serves nothing: it restarts a worker that
+dies, and on SIGTERM/SIGINT/SIGHUP/SIGQUIT asks every worker to drain and waits for them.
+Workers share their metrics through small snapshot files (see ``plasma.peers``), so ``/metrics``
+and ``/hc`` on any worker speak for the whole server.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+
+from plasma.config import Config
+from plasma.errors import StartupError
+
+__all__ = ["EXIT_SOURCE_GAVE_UP", "EXIT_STARTUP", "run_workers", "worker_count"]
+
+log = logging.getLogger("plasma.workers")
+
+EXIT_STARTUP = 1
+EXIT_SOURCE_GAVE_UP = 3
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_DRAIN_TIMEOUT = 10.0
+_RESTART_DELAY = 0.5
+
+
+def worker_count(config: Config) -> int:
+    """``PLASMA_WORKERS``: 0 means one per core."""
+    return config.workers or (os.cpu_count() or 1)
+
+
+def _check_port(config: Config) -> None:
+    """Fail early, in the supervisor, when the port is taken by a process that does not share it."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            probe.bind((config.host or "", config.port))
+        except OSError as exc:
+            raise StartupError(
+                f"PLASMA_PORT={config.port}: the port is already in use; stop the other process "
+                "or choose another port"
+            ) from exc
+
+
+def _worker_main(config: Config, worker_id: int, peers_dir: str) -> None:
+    """Entry point of one worker process."""
+    from plasma.cli import run_server
+    from plasma.logging import configure_logging
+
+    configure_logging(config.error_log, config.access_log)
+    sys.exit(run_server(config, worker_id=worker_id, peers_dir=peers_dir))
+
+
+class _Supervisor:
+    def __init__(self, config: Config, count: int) -> None:
+        self.config = config
+        self.count = count
+        self.peers_dir = tempfile.mkdtemp(
+            prefix="plasma-workers-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: dict[int, BaseProcess] = {}
+        self.stopping = False
+        self.exit_code = 0
+
+    def spawn(self, worker_id: int) -> None:
+        process = self.context.Process(
+            target=_worker_main,
+            args=(self.config, worker_id, self.peers_dir),
+            name=f"plasma-worker-{worker_id}",
+            daemon=False,
+        )
+        process.start()
+        self.workers[worker_id] = process
+        log.info("worker started", extra={"worker": worker_id, "pid": process.pid})
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self.request_stop)
+        for worker_id in range(self.count):
+            self.spawn(worker_id)
+        try:
+            while not self.stopping:
+                sentinels = {p.sentinel: wid for wid, p in self.workers.items()}
+                ready = wait(list(sentinels), timeout=0.5)
+                for sentinel in ready:
+                    self._reap(sentinels[sentinel])  # type: ignore[index]
+        finally:
+            self._drain()
+            shutil.rmtree(self.peers_dir, ignore_errors=True)
+        return self.exit_code
+
+    def _reap(self, worker_id: int) -> None:
+        process = self.workers.pop(worker_id)
+        process.join()
+        code = process.exitcode
+        if self.stopping:
+            return
+        if code in (EXIT_STARTUP, EXIT_SOURCE_GAVE_UP):
+            log.critical(
+                "worker cannot run; stopping the server",
+                extra={"worker": worker_id, "pid": process.pid, "exit_code": code},
+            )
+            self.exit_code = code or 1
+            self.stopping = True
+            return
+        log.error(
+            "worker died; restarting it",
+            extra={"worker": worker_id, "pid": process.pid, "exit_code": code},
+        )
+        time.sleep(_RESTART_DELAY)
+        self.spawn(worker_id)
+
+    def _drain(self) -> None:
+        for process in self.workers.values():
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _DRAIN_TIMEOUT
+        for worker_id, process in self.workers.items():
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.error("worker did not stop in time; killing it", extra={"worker": worker_id})
+                process.kill()
+                process.join()
+        self.workers.clear()
+        log.info("all workers stopped")
+
+
+def run_workers(config: Config) -> int:
+    """Run ``PLASMA_WORKERS`` server processes on one port until a stop signal."""
+    count = worker_count(config)
+    try:
+        _check_port(config)
+    except StartupError as exc:
+        log.critical(str(exc))
+        print(f"plasma: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    log.info("starting workers", extra={"workers": count, "port": config.port})
+    return _Supervisor(config, count).run()
