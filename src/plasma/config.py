@@ -19,6 +19,7 @@ from plasma.errors import ConfigError
 __all__ = [
     "SETTINGS",
     "Config",
+    "LimitsConfig",
     "LogConfig",
     "MetricsConfig",
     "RedisConfig",
@@ -152,6 +153,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PLASMA_HISTORY_SIZE", "10000", "int", "events kept for resume (0: no history)"),
     Setting("PLASMA_HISTORY_TTL", "5m", "duration", "oldest event kept for resume (0: no limit)"),
     Setting("PLASMA_CLIENT_BUFFER", "1048576", "int", "bytes a client may have unsent"),
+    Setting("PLASMA_MAX_CONNECTIONS", "50000", "int", "open streams per process, then 503"),
+    Setting("PLASMA_MAX_TYPES", "128", "int", "event types one subscription may list"),
+    Setting("PLASMA_MAX_TYPE_LENGTH", "256", "int", "longest event type a client may ask for"),
+    Setting("PLASMA_MAX_EVENT_SIZE", "1048576", "int", "largest event from the source (bytes)"),
+    Setting("PLASMA_MAX_REQUEST_LINE", "8190", "int", "longest HTTP request line (bytes)"),
+    Setting("PLASMA_MAX_HEADER_SIZE", "8190", "int", "longest HTTP header line (bytes)"),
+    Setting("PLASMA_MAX_HEADERS", "64", "int", "most HTTP request header lines"),
+    Setting("PLASMA_HEADER_TIMEOUT", "10s", "duration", "time to send request headers / preface"),
+    Setting("PLASMA_GRPC_MAX_STREAMS", "100", "int", "concurrent gRPC streams per connection"),
+    Setting("PLASMA_GRPC_MAX_FRAME_SIZE", "16384", "int", "HTTP/2 max frame size we accept"),
     Setting("PLASMA_WORKERS", "1", "int", "worker processes sharing the port (0: one per core)"),
 )
 
@@ -328,6 +339,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """What one client or message may cost; beyond it, a clean refusal."""
+
+    max_connections: int = 50000
+    max_types: int = 128
+    max_type_length: int = 256
+    max_event_size: int = 1 << 20
+    max_request_line: int = 8190
+    max_header_size: int = 8190
+    max_headers: int = 64
+    header_timeout: float = 10.0
+    grpc_max_streams: int = 100
+    grpc_max_frame_size: int = 16384
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything plasma needs to start, e.g. ``Config.from_env({"PLASMA_PORT": "9000"})``."""
 
@@ -342,6 +369,7 @@ class Config:
     access_log: LogConfig = field(default_factory=LogConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     history_size: int = 10000
     history_ttl: float = 300.0
     client_buffer: int = 1 << 20
@@ -436,6 +464,18 @@ class Config:
             ),
             tls=tls,
             metrics=metrics,
+            limits=LimitsConfig(
+                max_connections=r.integer("PLASMA_MAX_CONNECTIONS", 1),
+                max_types=r.integer("PLASMA_MAX_TYPES", 1),
+                max_type_length=r.integer("PLASMA_MAX_TYPE_LENGTH", 1),
+                max_event_size=r.integer("PLASMA_MAX_EVENT_SIZE", 64),
+                max_request_line=r.integer("PLASMA_MAX_REQUEST_LINE", 256),
+                max_header_size=r.integer("PLASMA_MAX_HEADER_SIZE", 256),
+                max_headers=r.integer("PLASMA_MAX_HEADERS", 8),
+                header_timeout=r.duration("PLASMA_HEADER_TIMEOUT"),
+                grpc_max_streams=r.integer("PLASMA_GRPC_MAX_STREAMS", 1),
+                grpc_max_frame_size=r.integer("PLASMA_GRPC_MAX_FRAME_SIZE", 16384, 16777215),
+            ),
             history_size=r.integer("PLASMA_HISTORY_SIZE", 0, 10_000_000),
             history_ttl=r.duration("PLASMA_HISTORY_TTL", positive=False),
             client_buffer=r.integer("PLASMA_CLIENT_BUFFER", 1024),

@@ -19,6 +19,7 @@ from plasma.metrics import Metrics
 from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc import GrpcTransport
+from plasma.transports.http import create_http_server
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.meta import MetaEndpoints
 from plasma.transports.sse import SSETransport, wants_sse
@@ -66,7 +67,10 @@ class Server:
         self.worker_id = worker_id
         self.metrics = Metrics()
         self.hub = Hub(
-            self.metrics, history_size=config.history_size, history_ttl=config.history_ttl
+            self.metrics,
+            history_size=config.history_size,
+            history_ttl=config.history_ttl,
+            max_event_bytes=config.limits.max_event_size,
         )
         self.source = create_source(config.source, self.metrics)
         if hasattr(self.source, "events_after"):
@@ -77,6 +81,7 @@ class Server:
             origin=config.origin,
             metrics=self.metrics,
             client_buffer=config.client_buffer,
+            limits=config.limits,
         )
         self.grpc = GrpcTransport(
             self.hub, self.metrics, self.source, client_buffer=config.client_buffer
@@ -96,6 +101,8 @@ class Server:
         self.ports: list[int] = []
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self.sse.preflight(request)
         if wants_sse(request.headers.get("Accept", "")) and request.method == "GET":
             return await self.sse.handle(request)
         return await self.meta.handle(request)
@@ -104,13 +111,20 @@ class Server:
         loop = asyncio.get_running_loop()
         config = self.config
         tls = make_tls_context(config.tls) if config.tls.enabled else None
-        self._http = web_server.Server(
-            self._handle_http, handler_cancellation=True, access_log=None, loop=loop
+        limits = config.limits
+        self._http = create_http_server(self._handle_http, limits)
+        both = SniffingFactory(
+            http=self._http,
+            grpc=self.grpc.protocol_factory,
+            first_bytes_timeout=limits.header_timeout,
         )
-        both = SniffingFactory(http=self._http, grpc=self.grpc.protocol_factory)
         await self._listen(both, config.port, "PLASMA_PORT", tls)
         if config.grpc_port is not None:
-            grpc_only = SniffingFactory(http=None, grpc=self.grpc.protocol_factory)
+            grpc_only = SniffingFactory(
+                http=None,
+                grpc=self.grpc.protocol_factory,
+                first_bytes_timeout=limits.header_timeout,
+            )
             await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
         self.sse.start()
         self._metrics_sender = MetricsSender(config.metrics, self.metrics.snapshot)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from plasma.config import SSEConfig
+from plasma.config import LimitsConfig, SSEConfig
 from plasma.events import Event
 from plasma.hub import Hub
 from plasma.metrics import Metrics
@@ -31,9 +33,31 @@ _HEARTBEAT = b":heartbeat\n\n"
 _CLOSE_GRACE = 5.0
 
 
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def query_values(query_string: str, name: str) -> list[str]:
+    """Every value of ``name`` in a raw query string, strictly decoded.
+
+    Malformed percent-encoding or bytes that are not UTF-8 raise ``InvalidSubscription``
+    instead of being guessed at (a lenient decoder would subscribe to a mangled type).
+    """
+    if _BAD_PERCENT.search(query_string):
+        raise InvalidSubscription("malformed percent-encoding in the query string")
+    try:
+        pairs = parse_qsl(query_string, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidSubscription("query string is not UTF-8") from None
+    return [value for key, value in pairs if key == name]
+
+
 def _last_event_id(request: web.BaseRequest) -> str | None:
     """The standard ``Last-Event-ID`` header (browsers), else the ``lastEventId`` parameter."""
-    return request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
+    header = request.headers.get("Last-Event-ID")
+    if header:
+        return header
+    values = query_values(request.query_string, "lastEventId")
+    return values[0] if values and values[0] else None
 
 
 def encode_sse(event: Event) -> bytes:
@@ -55,6 +79,7 @@ def encode_sse_chunked(event: Event) -> bytes:
 
 def wants_sse(accept: str) -> bool:
     """Whether an ``Accept`` header names ``text/event-stream`` (parameters and lists allowed)."""
+    accept = accept.lower()
     if "text/event-stream" not in accept:
         return False
     return any(
@@ -143,9 +168,17 @@ class SSETransport:
     """Accepts SSE requests, registers their subscribers with the hub, and sends heartbeats."""
 
     def __init__(
-        self, hub: Hub, config: SSEConfig, *, origin: str, metrics: Metrics, client_buffer: int
+        self,
+        hub: Hub,
+        config: SSEConfig,
+        *,
+        origin: str,
+        metrics: Metrics,
+        client_buffer: int,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self._hub = hub
+        self._limits = limits or LimitsConfig()
         self._config = config
         self._origin = origin
         self._metrics = metrics
@@ -177,19 +210,31 @@ class SSETransport:
     def requested_types(self, request: web.BaseRequest) -> tuple[str, ...]:
         """The types named by the event query parameter; raise ``InvalidSubscription``."""
         name = self._config.event_query
-        values = request.query.getall(name, [])
+        values = query_values(request.query_string, name)
         if not values:
             raise InvalidSubscription(f"missing query parameter {name!r}")
-        return parse_types(t for value in values for t in split_types(value))
+        return parse_types(
+            (t for value in values for t in split_types(value)),
+            max_types=self._limits.max_types,
+            max_length=self._limits.max_type_length,
+        )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         try:
             types = self.requested_types(request)
+            last_event_id = _last_event_id(request)
         except InvalidSubscription as exc:
             headers = {"Access-Control-Allow-Origin": self._origin} if self._origin else None
             log_request(request, 400, started)
             return web.Response(status=400, text=f"{exc}\n", headers=headers)
+        if self._metrics.connection_count >= self._limits.max_connections:
+            log_request(request, 503, started)
+            return web.Response(
+                status=503,
+                text="too many connections; retry later\n",
+                headers={"Retry-After": str(max(1, self._config.retry_ms // 1000))},
+            )
         response = web.StreamResponse(status=200, headers=self._headers())
         await response.prepare(request)
         transport = request.transport
@@ -208,7 +253,7 @@ class SSETransport:
         self._subscribers.add(sub)
         self._metrics.connection_opened("sse")
         try:
-            await self._hub.resume(sub, types, _last_event_id(request))
+            await self._hub.resume(sub, types, last_event_id)
             await sub.done
         except asyncio.CancelledError:
             sub.close("client")
@@ -237,6 +282,19 @@ class SSETransport:
                 reason=sub.close_reason or "client",
             )
         return response
+
+    def preflight(self, request: web.BaseRequest) -> web.Response:
+        """Answer a CORS preflight (``OPTIONS``) for a cross-origin ``EventSource``."""
+        headers = {
+            "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": "Accept, Cache-Control, Last-Event-ID",
+            "Access-Control-Max-Age": "600",
+            "Allow": "GET, HEAD, OPTIONS",
+        }
+        if self._origin:
+            headers["Access-Control-Allow-Origin"] = self._origin
+        log_request(request, 204, time.monotonic())
+        return web.Response(status=204, headers=headers)
 
     def close_all(self, reason: str) -> None:
         """End every stream (shutdown)."""
