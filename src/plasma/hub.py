@@ -19,6 +19,7 @@ import orjson
 from plasma.errors import InvalidEvent
 from plasma.events import Encoder, Event, parse_event, type_prefixes
 from plasma.history import History
+from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 
 __all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber"]
@@ -84,6 +85,7 @@ class Hub:
         self._start_id = f"{self.epoch}-0"
         self.history.mark(self._start_id)
         self._taps: list[list[Event]] = []
+        self._skip_log = LogThrottle()
         self._dirty: list[Flushable] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,16 +182,20 @@ class Hub:
             event = parse_event(raw, self._max_event_bytes)
         except InvalidEvent as exc:
             self.metrics.event_skipped(exc.reason)
-            shown = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
-            log.warning(
-                "skipped invalid event",
-                extra={
-                    "channel": channel,
-                    "reason": exc.reason,
-                    "error": str(exc),
-                    "payload": shown,
-                },
-            )
+            level, suppressed = self._skip_log.level()
+            if log.isEnabledFor(level):
+                shown = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
+                log.log(
+                    level,
+                    "skipped invalid event",
+                    extra={
+                        "channel": channel,
+                        "reason": exc.reason,
+                        "error": str(exc),
+                        "payload": shown,
+                        "suppressed_since_last": suppressed,
+                    },
+                )
             return None
         event.id = event_id
         self.publish(event)

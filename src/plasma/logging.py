@@ -17,7 +17,13 @@ import orjson
 from plasma.config import LogConfig
 from plasma.errors import StartupError
 
-__all__ = ["ACCESS_LOGGER", "JSONFormatter", "configure_logging", "open_log_stream"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "JSONFormatter",
+    "LogThrottle",
+    "configure_logging",
+    "open_log_stream",
+]
 
 ACCESS_LOGGER = "plasma.access"
 
@@ -88,3 +94,25 @@ def configure_logging(error_log: LogConfig, access_log: LogConfig) -> None:
     if not lib.handlers:
         lib.addHandler(_handler(error_log, "PLASMA_ERROR_LOG_OUT"))
         lib.setLevel(logging.ERROR)
+
+
+class LogThrottle:
+    """One warning per ``interval`` for a repeated condition; the rest are debug lines.
+
+    For what a hostile peer can repeat at will (malformed requests, junk on a channel): the
+    first occurrence is visible, a flood is not, and the warning says how many it stood for.
+    """
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def level(self) -> tuple[int, int]:
+        """The level for this occurrence, and how many were demoted since the last warning."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+            return logging.WARNING, suppressed
+        self._suppressed += 1
+        return logging.DEBUG, 0

@@ -9,13 +9,13 @@ request, so a scanner cannot flood the error log.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_server
 from aiohttp.http_exceptions import HttpProcessingError
 
 from plasma.config import LimitsConfig
+from plasma.logging import LogThrottle
 
 __all__ = ["create_http_server"]
 
@@ -30,8 +30,7 @@ class _MalformedRequestFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._last_warning = 0.0
-        self._suppressed = 0
+        self._throttle = LogThrottle(_WARN_EVERY)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -41,15 +40,10 @@ class _MalformedRequestFilter(logging.Filter):
         record.exc_text = None
         record.msg = "malformed HTTP request: %s"
         record.args = (str(exc.message).splitlines()[0][:200],)
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY:
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.suppressed_since_last = self._suppressed
-            self._last_warning = now
-            self._suppressed = 0
-        else:
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            self._suppressed += 1
+        record.levelno, suppressed = self._throttle.level()
+        record.levelname = logging.getLevelName(record.levelno)
+        if suppressed:
+            record.suppressed_since_last = suppressed
         return _protocol_log.isEnabledFor(record.levelno)
 
 
