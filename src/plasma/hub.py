@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from time import monotonic, perf_counter
 from typing import Protocol
 
 import orjson
@@ -87,6 +88,7 @@ class Hub:
         self._taps: list[list[Event]] = []
         self._skip_log = LogThrottle()
         self._dirty: list[Flushable] = []
+        self._unflushed: list[float] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_event_bytes = max_event_bytes or (1 << 20)
@@ -180,7 +182,10 @@ class Hub:
         self.metrics.events_received += 1
         try:
             event = parse_event(raw, self._max_event_bytes)
-        except InvalidEvent as exc:
+        except Exception as exc:
+            if not isinstance(exc, InvalidEvent):
+                log.exception("event parser failed; skipping the message (please report)")
+                exc = InvalidEvent("parser_error", repr(exc))
             self.metrics.event_skipped(exc.reason)
             level, suppressed = self._skip_log.level()
             if log.isEnabledFor(level):
@@ -225,6 +230,7 @@ class Hub:
             buckets.append(bucket)
         if not buckets:
             return 0
+        started = perf_counter()
         encoded = event.encode
         dirty = self._dirty
         count = 0
@@ -238,7 +244,10 @@ class Hub:
                 if target is not None:
                     dirty.append(target)
                 count += 1
-        self.metrics.events_delivered += count
+        metrics = self.metrics
+        metrics.events_delivered += count
+        metrics.observe_fanout(perf_counter() - started)
+        self._unflushed.append(event.received)
         if dirty and not self._flush_scheduled:
             self._schedule_flush()
         return count
@@ -267,5 +276,11 @@ class Hub:
             target.flush()
         if self._dirty:
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
-        else:
-            self._flush_scheduled = False
+            return
+        self._flush_scheduled = False
+        # Arrival-to-write latency of every event this flush completed.
+        now = monotonic()
+        observe = self.metrics.observe_latency
+        for received in self._unflushed:
+            observe(now - received)
+        self._unflushed.clear()

@@ -1,8 +1,9 @@
-"""Counters the hot path bumps as plain integers, and the JSON that ``GET /metrics`` answers.
+"""Counters the hot path bumps as plain integers, and the snapshot every exporter reads.
 
 Plain attribute increments cost tens of nanoseconds; exporters (the JSON endpoint, the
-Prometheus exposition, the periodic sender) read these counters when asked, so nothing on the
-fan-out path calls into an exporter.
+Prometheus exposition, the periodic sender) only read ``Metrics.snapshot()``, a dict of plain
+numbers, lists and dicts, so nothing on the fan-out path calls into an exporter. Snapshots of
+several worker processes are summed with ``merge_snapshots`` into one for the whole server.
 """
 
 from __future__ import annotations
@@ -14,28 +15,85 @@ import resource
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Metrics", "runtime_snapshot"]
+from prometheus_client import ProcessCollector
+
+from plasma import __version__
+
+__all__ = [
+    "FANOUT_BUCKETS",
+    "LATENCY_BUCKETS",
+    "TRANSPORTS",
+    "Histogram",
+    "Metrics",
+    "merge_snapshots",
+    "runtime_snapshot",
+]
+
+TRANSPORTS = ("sse", "grpc")
+"""Transports reported even before their first connection, so their series always exist."""
+
+# Fan-out of one event: ~10 us for a handful of subscribers, tens of ms for 100k.
+FANOUT_BUCKETS: tuple[float, ...] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+# From the hub receiving an event to its bytes being handed to the socket.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+class Histogram:
+    """Fixed-bucket counts in a plain list: ``observe`` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left puts a value equal to a bound in that bound's bucket (Prometheus "le").
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def snapshot(self) -> dict[str, Any]:
+        """Per-bucket (not cumulative) counts; the exposition accumulates them."""
+        counts = list(self.counts)
+        return {
+            "bounds": list(self.bounds),
+            "counts": counts,
+            "sum": self.total,
+            "count": sum(counts),
+        }
 
 
 class Metrics:
-    """Process-wide counters: events in, skipped, delivered, and connections by transport."""
+    """One process's counters: events in, skipped, delivered, dropped; connections; source."""
 
     def __init__(self) -> None:
         self.started = time.time()
         self.events_received = 0
         self.events_delivered = 0
+        self.events_dropped = 0
         self.events_skipped: Counter[str] = Counter()
         self.events_published_debug = 0
         self.bytes_written = 0
         self.connections: Counter[str] = Counter()
         self.connections_opened: Counter[str] = Counter()
-        self.connections_closed: Counter[str] = Counter()
+        self.connections_closed: Counter[tuple[str, str]] = Counter()
         self.clients_dropped: Counter[str] = Counter()
         self.source_up = 0
         self.source_reconnects = 0
+        self.fanout = Histogram(FANOUT_BUCKETS)
+        self.latency = Histogram(LATENCY_BUCKETS)
 
     def event_skipped(self, reason: str) -> None:
         self.events_skipped[reason] += 1
@@ -46,33 +104,157 @@ class Metrics:
 
     def connection_closed(self, transport: str, reason: str = "client") -> None:
         self.connections[transport] -= 1
-        self.connections_closed[reason] += 1
+        self.connections_closed[transport, reason] += 1
+
+    def observe_fanout(self, seconds: float) -> None:
+        """Record the time one event's fan-out took (called once per event)."""
+        fanout = self.fanout
+        fanout.counts[bisect_left(fanout.bounds, seconds)] += 1
+        fanout.total += seconds
+
+    def observe_latency(self, seconds: float) -> None:
+        """Record the time from an event's arrival to its write (called once per flush)."""
+        latency = self.latency
+        latency.counts[bisect_left(latency.bounds, seconds)] += 1
+        latency.total += seconds
 
     @property
     def connection_count(self) -> int:
         return sum(self.connections.values())
 
     def snapshot(self) -> dict[str, Any]:
-        """The JSON body of ``GET /metrics``: runtime figures plus plasma's counters."""
-        out = runtime_snapshot()
-        out.update(
+        """Plain data (JSON-safe, mergeable): the body of ``GET /metrics`` as JSON."""
+        now = time.time()
+        by_transport = {t: self.connections[t] for t in TRANSPORTS} | dict(self.connections)
+        opened = {t: self.connections_opened[t] for t in TRANSPORTS} | dict(self.connections_opened)
+        closed: dict[str, dict[str, int]] = {}
+        for (transport, reason), n in self.connections_closed.items():
+            closed.setdefault(transport, {})[reason] = n
+        uptime = round(now - self.started, 3)
+        out: dict[str, Any] = dict(
+            version=__version__,
+            workers=1,
             connections=self.connection_count,
             connections_sse=self.connections["sse"],
             connections_grpc=self.connections["grpc"],
+            connections_by_transport=by_transport,
+            connections_opened=opened,
+            connections_closed=closed,
             events_received=self.events_received,
             events_delivered=self.events_delivered,
+            events_dropped=self.events_dropped,
             events_skipped=sum(self.events_skipped.values()),
             events_skipped_by_reason=dict(self.events_skipped),
+            events_published_debug=self.events_published_debug,
             bytes_written=self.bytes_written,
             clients_dropped=sum(self.clients_dropped.values()),
+            clients_dropped_by_reason=dict(self.clients_dropped),
             source_up=self.source_up,
             source_reconnects=self.source_reconnects,
-            uptime_seconds=round(time.time() - self.started, 3),
+            event_fanout_seconds=self.fanout.snapshot(),
+            event_write_latency_seconds=self.latency.snapshot(),
+            started=self.started,
+            uptime_seconds=uptime,
         )
+        out.update(runtime_snapshot())
+        out["processes"] = [
+            {
+                "pid": out["pid"],
+                "uptime_seconds": uptime,
+                "memory_rss": out["memory_rss"],
+                "cpu_seconds": round(out["cpu_user_seconds"] + out["cpu_system_seconds"], 3),
+                "connections": out["connections"],
+                "source_up": self.source_up,
+            }
+        ]
         return out
 
 
+# --- merging the snapshots of several worker processes --------------------------------------
+
+_SAME = frozenset(
+    {"bounds", "version", "python_version", "python_implementation", "os", "arch",
+     "cpu_num", "process_max_fds"}
+)  # fmt: skip
+"""Figures every process shares: kept when all agree, ``None`` when they differ."""
+_MIN = frozenset({"source_up", "started", "process_start_time_seconds"})
+"""``source_up`` is 1 only when every worker's source is up; start times take the earliest."""
+_MAX = frozenset({"uptime_seconds"})
+_FIRST = frozenset({"pid"})
+"""The answering process's own pid: callers put their own snapshot first."""
+_CONCAT = frozenset({"processes"})
+
+
+def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the snapshots of several processes into one for the whole server.
+
+    Counters, gauges, histogram buckets and memory/CPU figures are summed; figures all
+    processes share are kept; ``source_up`` is the minimum (1 only if every worker's source is
+    up); ``pid`` is the first snapshot's (put the answering process's own first);
+    ``processes`` lists every process's own figures.
+    """
+    if not snapshots:
+        raise ValueError("merge_snapshots needs at least one snapshot")
+    if len(snapshots) == 1:
+        return snapshots[0]
+    return _merge_dicts(snapshots)
+
+
+def _merge_dicts(dicts: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    keys: dict[str, None] = {}
+    for d in dicts:
+        keys.update(dict.fromkeys(d))
+    for key in keys:
+        values = [d[key] for d in dicts if key in d]
+        out[key] = _merge_values(key, values)
+    return out
+
+
+def _merge_values(key: str, values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    if key in _CONCAT:
+        return [item for v in present for item in v]
+    if key in _SAME:
+        first = present[0]
+        if all(v == first for v in present):
+            return first
+        if key == "bounds":
+            raise ValueError("cannot merge histograms with different bucket bounds")
+        return None
+    if key in _FIRST:
+        return present[0]
+    if key in _MIN:
+        return min(present)
+    if key in _MAX:
+        return max(present)
+    first = present[0]
+    if isinstance(first, dict):
+        return _merge_dicts([v for v in present if isinstance(v, dict)])
+    if isinstance(first, list):
+        return _sum_lists(present)
+    if isinstance(first, bool) or not isinstance(first, int | float):
+        return first if all(v == first for v in present) else None
+    total = sum(present)
+    return round(total, 6) if isinstance(total, float) else total
+
+
+def _sum_lists(lists: Iterable[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for values in lists:
+        if len(values) > len(out):
+            out.extend([0] * (len(values) - len(out)))
+        for i, v in enumerate(values):
+            out[i] += v
+    return out
+
+
+# --- runtime figures ---------------------------------------------------------------------------
+
 _last_gc: dict[str, float] = {"time": time.monotonic(), "collections": 0.0}
+_process = ProcessCollector(registry=None)
 
 
 def runtime_snapshot() -> dict[str, Any]:
@@ -101,7 +283,13 @@ def runtime_snapshot() -> dict[str, Any]:
         "gc_generations": [s["collections"] for s in stats],
         "gc_counts": list(gc.get_count()),
         "open_fds": _open_fds(),
+        "process": _process_figures(_process.collect),
     }
+
+
+def _process_figures(collect: Callable[[], Iterable[Any]]) -> dict[str, float]:
+    """prometheus-client's process collector, flattened to ``{sample name: value}``."""
+    return {s.name: s.value for family in collect() for s in family.samples}
 
 
 def _rss_bytes() -> int:

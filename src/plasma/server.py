@@ -8,6 +8,7 @@ import errno
 import logging
 import signal
 import ssl
+from typing import Any
 
 from aiohttp import web, web_server
 
@@ -15,7 +16,7 @@ from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
 from plasma.hub import Hub
-from plasma.metrics import Metrics
+from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc import GrpcTransport
@@ -92,6 +93,8 @@ class Server:
             debug=config.debug,
             origin=config.origin,
             event_query=config.sse.event_query,
+            snapshot=self.whole_server_snapshot,
+            peers_healthy=self._peers_healthy,
         )
         self._http: web_server.Server | None = None
         self._listeners: list[asyncio.Server] = []
@@ -127,8 +130,9 @@ class Server:
             )
             await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
         self.sse.start()
-        self._metrics_sender = MetricsSender(config.metrics, self.metrics.snapshot)
-        self._metrics_sender.start()  # PLASMA_METRICS_TYPE=log|syslog; no-op when empty
+        if not self.worker_id:  # with workers, worker 0 sends for the whole server
+            self._metrics_sender = MetricsSender(config.metrics, self.whole_server_snapshot)
+            self._metrics_sender.start()  # PLASMA_METRICS_TYPE=log|syslog; no-op when empty
         self._source_task = loop.create_task(self._run_source())
         if self.peers is not None:
             self._peers_task = loop.create_task(self._share_metrics(self.peers))
@@ -143,6 +147,19 @@ class Server:
                 "worker": self.worker_id,
             },
         )
+
+    def whole_server_snapshot(self) -> dict[str, Any]:
+        """This process's metrics, summed with its sibling workers' latest snapshots."""
+        own = self.metrics.snapshot()
+        if self.peers is None:
+            return own
+        return merge_snapshots([own, *self.peers.others()])
+
+    def _peers_healthy(self) -> bool:
+        """With workers: every sibling's source is up too (``/hc`` speaks for the server)."""
+        if self.peers is None:
+            return True
+        return all(p.get("source_up", 1) for p in self.peers.others())
 
     async def _share_metrics(self, peers: Peers) -> None:
         """Let sibling workers see this one's counters (``/metrics`` covers the whole server)."""

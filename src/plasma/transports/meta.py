@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import importlib.resources
+import inspect
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
+from plasma.exporters.prometheus import render_exposition, wants_exposition
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
 
-__all__ = ["MetaEndpoints"]
+__all__ = ["MetaEndpoints", "SnapshotSource"]
+
+SnapshotSource = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+"""What ``/metrics`` reports: ``Metrics.snapshot`` or a merge across worker processes."""
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -25,11 +32,21 @@ class MetaEndpoints:
     """Answers every HTTP request that is not an SSE subscription."""
 
     def __init__(
-        self, source: Source, metrics: Metrics, *, debug: bool, origin: str, event_query: str
+        self,
+        source: Source,
+        metrics: Metrics,
+        *,
+        debug: bool,
+        origin: str,
+        event_query: str,
+        snapshot: SnapshotSource | None = None,
+        peers_healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._source = source
+        self._peers_healthy = peers_healthy or (lambda: True)
         self._event_query = event_query
         self._metrics = metrics
+        self._snapshot: SnapshotSource = snapshot or metrics.snapshot
         self._debug = debug
         self._origin = origin
         self._debug_page: bytes | None = None
@@ -63,12 +80,23 @@ class MetaEndpoints:
         return await handler(request)
 
     async def health(self, request: web.BaseRequest) -> web.Response:
-        if await self._source.healthy():
-            return web.Response(status=200, text="OK\n")
-        return web.Response(status=500, text=f"{self._source.name} source is unreachable\n")
+        if not await self._source.healthy():
+            return web.Response(status=500, text=f"{self._source.name} source is unreachable\n")
+        if not self._peers_healthy():
+            return web.Response(status=500, text="a worker's source is unreachable\n")
+        return web.Response(status=200, text="OK\n")
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
-        return _json(self._metrics.snapshot())
+        """JSON by default; the Prometheus/OpenMetrics exposition when the scrape asks for it."""
+        snapshot = self._snapshot()
+        if inspect.isawaitable(snapshot):
+            snapshot = await snapshot
+        accept = request.headers.get("Accept", "")
+        fmt = request.query.get("format", "")
+        if not wants_exposition(accept, fmt):
+            return _json(snapshot)
+        body, content_type = render_exposition(snapshot, accept, fmt)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def debug(self, request: web.BaseRequest) -> web.Response:
         if request.method != "POST":

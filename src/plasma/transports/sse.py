@@ -144,11 +144,13 @@ class SSESubscriber:
         pending = self._pending
         if not pending:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
         transport = self.transport
         if self.done.done() or transport.is_closing():
+            self._metrics.events_dropped += len(pending)
+            pending.clear()
             return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
         transport.write(data)
         self._metrics.bytes_written += len(data)
         # A client that does not read fills its buffer: cut it, never wait for it. It gets a

@@ -1,0 +1,278 @@
+"""Unit tests of the counters, histograms, snapshots, merging, exposition and line formats."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from plasma.exporters.golog import (
+    LDATE,
+    LLONGFILE,
+    LMICROSECONDS,
+    LMSGPREFIX,
+    LSHORTFILE,
+    LTIME,
+    LUTC,
+    format_go_log_line,
+)
+from plasma.exporters.prometheus import render_exposition, wants_exposition
+from plasma.exporters.sender import metrics_line
+from plasma.exporters.syslog import format_syslog_message
+from plasma.metrics import FANOUT_BUCKETS, LATENCY_BUCKETS, Histogram, Metrics, merge_snapshots
+
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+
+def _families(text: str) -> dict[str, object]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+
+
+# --- histograms ---------------------------------------------------------------------------------
+
+
+def test_histogram_puts_a_value_equal_to_a_bound_in_that_bucket() -> None:
+    h = Histogram((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 1.0, 7.0):
+        h.observe(value)
+    assert h.counts == [2, 2, 1]
+    snap = h.snapshot()
+    assert snap == {
+        "bounds": [0.1, 1.0],
+        "counts": [2, 2, 1],
+        "sum": pytest.approx(8.65),
+        "count": 5,
+    }
+
+
+def test_observe_fanout_and_latency_keep_fixed_bucket_counts() -> None:
+    m = Metrics()
+    m.observe_fanout(0.00002)
+    m.observe_fanout(0.00002)
+    m.observe_fanout(3.0)  # past the last bound: +Inf
+    m.observe_latency(0.0007)
+    fanout = m.snapshot()["event_fanout_seconds"]
+    assert fanout["bounds"] == list(FANOUT_BUCKETS)
+    assert len(fanout["counts"]) == len(FANOUT_BUCKETS) + 1
+    assert fanout["counts"][FANOUT_BUCKETS.index(0.000025)] == 2
+    assert fanout["counts"][-1] == 1
+    assert fanout["count"] == 3
+    assert fanout["sum"] == pytest.approx(3.00004)
+    latency = m.snapshot()["event_write_latency_seconds"]
+    assert latency["counts"][LATENCY_BUCKETS.index(0.001)] == 1
+    assert latency["count"] == 1
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+
+def test_snapshot_is_plain_json_with_the_original_keys() -> None:
+    m = Metrics()
+    m.connection_opened("sse")
+    m.connection_opened("sse")
+    m.connection_opened("grpc")
+    m.connection_closed("sse", "slow")
+    m.events_received = 5
+    m.event_skipped("json")
+    snap = m.snapshot()
+    assert orjson.loads(orjson.dumps(snap)) == snap
+    assert snap["connections"] == 2
+    assert snap["connections_sse"] == 1
+    assert snap["connections_grpc"] == 1
+    assert snap["connections_by_transport"] == {"sse": 1, "grpc": 1}
+    assert snap["connections_opened"] == {"sse": 2, "grpc": 1}
+    assert snap["connections_closed"] == {"sse": {"slow": 1}}
+    assert snap["events_skipped"] == 1
+    assert snap["events_skipped_by_reason"] == {"json": 1}
+    for key in ("python_version", "cpu_num", "memory_rss", "gc_num", "pid", "process"):
+        assert key in snap
+    assert snap["processes"][0]["pid"] == os.getpid()
+    assert snap["workers"] == 1
+
+
+def test_merge_sums_counters_histograms_and_memory_across_workers() -> None:
+    a, b = Metrics(), Metrics()
+    a.connection_opened("sse")
+    b.connection_opened("sse")
+    b.connection_opened("grpc")
+    b.connection_closed("grpc", "shutdown")
+    a.events_delivered, b.events_delivered = 10, 32
+    a.event_skipped("json")
+    b.event_skipped("json")
+    b.event_skipped("type")
+    a.source_up, b.source_up = 1, 0
+    a.observe_fanout(0.001)
+    b.observe_fanout(0.001)
+    b.observe_fanout(0.2)
+    sa, sb = a.snapshot(), b.snapshot()
+    sb["pid"] = sb["processes"][0]["pid"] = sa["pid"] + 1  # as if another process
+    merged = merge_snapshots([sa, sb])
+    assert merged["workers"] == 2
+    assert merged["connections"] == 2
+    assert merged["connections_by_transport"] == {"sse": 2, "grpc": 0}
+    assert merged["connections_opened"] == {"sse": 2, "grpc": 1}
+    assert merged["connections_closed"] == {"grpc": {"shutdown": 1}}
+    assert merged["events_delivered"] == 42
+    assert merged["events_skipped_by_reason"] == {"json": 2, "type": 1}
+    assert merged["source_up"] == 0  # one worker's source is down
+    assert merged["event_fanout_seconds"]["bounds"] == list(FANOUT_BUCKETS)
+    assert merged["event_fanout_seconds"]["count"] == 3
+    assert sum(merged["event_fanout_seconds"]["counts"]) == 3
+    assert merged["memory_rss"] == sa["memory_rss"] + sb["memory_rss"]
+    assert merged["process"]["process_resident_memory_bytes"] == (
+        sa["process"]["process_resident_memory_bytes"]
+        + sb["process"]["process_resident_memory_bytes"]
+    )
+    assert merged["python_version"] == sa["python_version"]
+    assert merged["pid"] == sa["pid"]  # the answering process's; all are in "processes"
+    assert [p["pid"] for p in merged["processes"]] == [sa["pid"], sb["pid"]]
+    assert merged["uptime_seconds"] == max(sa["uptime_seconds"], sb["uptime_seconds"])
+    assert merge_snapshots([sa]) == sa
+
+
+def test_merge_refuses_histograms_with_different_bounds() -> None:
+    sa, sb = Metrics().snapshot(), Metrics().snapshot()
+    sb["event_fanout_seconds"]["bounds"] = [1.0]
+    with pytest.raises(ValueError, match="bucket bounds"):
+        merge_snapshots([sa, sb])
+    with pytest.raises(ValueError):
+        merge_snapshots([])
+
+
+# --- content negotiation and exposition ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt", "expected"),
+    [
+        (PROMETHEUS_ACCEPT, "", True),
+        ("text/plain;version=0.0.4", "", True),
+        ("application/openmetrics-text; version=1.0.0", "", True),
+        ("", "", False),
+        ("*/*", "", False),
+        ("application/json", "", False),
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", "", False),
+        ("application/json, text/plain;q=0.5", "", False),
+        ("text/plain;q=0", "", False),
+        ("*/*", "prometheus", True),
+        ("*/*", "openmetrics", True),
+        (PROMETHEUS_ACCEPT, "json", False),
+    ],
+)
+def test_exposition_is_chosen_only_when_asked_for(accept: str, fmt: str, expected: bool) -> None:
+    assert wants_exposition(accept, fmt) is expected
+
+
+def test_exposition_of_a_merged_snapshot_parses_and_sums() -> None:
+    a, b = Metrics(), Metrics()
+    a.connection_opened("sse")
+    b.connection_opened("sse")
+    b.events_received = 7
+    b.clients_dropped["slow"] += 1
+    a.observe_latency(0.003)
+    merged = merge_snapshots([a.snapshot(), b.snapshot()])
+    body, content_type = render_exposition(merged, "text/plain;version=0.0.4")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = _samples(body.decode())
+    assert samples[("plasma_connections", (("transport", "sse"),))] == 2
+    assert samples[("plasma_connections", (("transport", "grpc"),))] == 0
+    assert samples[("plasma_events_received_total", ())] == 7
+    assert samples[("plasma_clients_dropped_total", (("reason", "slow"),))] == 1
+    assert samples[("plasma_workers", ())] == 2
+    assert samples[("plasma_event_write_latency_seconds_bucket", (("le", "0.005"),))] == 1
+    assert samples[("plasma_event_write_latency_seconds_bucket", (("le", "0.0025"),))] == 0
+    assert samples[("plasma_event_write_latency_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    body, content_type = render_exposition(merged, PROMETHEUS_ACCEPT)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    families = _families(body.decode())
+    assert families["plasma_event_fanout_seconds"].type == "histogram"
+    assert families["plasma_events_delivered"].type == "counter"
+
+
+def test_exposition_has_no_label_per_event_type_or_client() -> None:
+    m = Metrics()
+    for _ in range(50):
+        m.connection_opened("sse")
+        m.connection_closed("sse", "client")
+        m.events_received += 1
+    body, _ = render_exposition(m.snapshot(), "text/plain")
+    allowed = {"transport", "reason", "le", "generation", "version", "implementation"}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            assert set(sample.labels) <= allowed, sample
+
+
+# --- the sender's line formats ------------------------------------------------------------------
+
+# 2009-01-23 01:23:23.123123 UTC, Go's documentation example.
+_T = datetime.datetime(2009, 1, 23, 1, 23, 23, 123123, tzinfo=datetime.UTC).timestamp()
+_CALLER = ("/src/plasma/exporters/sender.py", 42)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (0, "metrics: msg\n"),
+        (LDATE | LUTC, "metrics: 2009/01/23 msg\n"),
+        (LTIME | LUTC, "metrics: 01:23:23 msg\n"),
+        (LMICROSECONDS | LUTC, "metrics: 01:23:23.123123 msg\n"),
+        (LDATE | LTIME | LMICROSECONDS | LUTC, "metrics: 2009/01/23 01:23:23.123123 msg\n"),
+        (LDATE | LUTC | LMSGPREFIX, "2009/01/23 metrics: msg\n"),
+        (LSHORTFILE, "metrics: sender.py:42: msg\n"),
+        (LLONGFILE, "metrics: /src/plasma/exporters/sender.py:42: msg\n"),
+        (LLONGFILE | LSHORTFILE, "metrics: sender.py:42: msg\n"),
+        (LTIME | LUTC | LSHORTFILE | LMSGPREFIX, "01:23:23 sender.py:42: metrics: msg\n"),
+    ],
+)
+def test_go_log_header_matches_go(flags: int, expected: str) -> None:
+    line = format_go_log_line("metrics: ", flags, "msg", now=_T, caller=_CALLER)
+    assert line == expected
+
+
+def test_go_log_time_is_local_without_lutc() -> None:
+    line = format_go_log_line("", LDATE | LTIME, "x", now=_T)
+    local = datetime.datetime.fromtimestamp(_T)
+    assert line == local.strftime("%Y/%m/%d %H:%M:%S") + " x\n"
+
+
+def test_syslog_messages_are_framed_as_go_frames_them() -> None:
+    pid = os.getpid()
+    remote = format_syslog_message(
+        3 * 8 + 6, "plasma", "hello", local=False, now=_T, hostname="box"
+    ).decode()
+    match = re.fullmatch(rf"<30>(\S+) box plasma\[{pid}\]: hello\n", remote)
+    assert match is not None, remote
+    stamp = datetime.datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+    assert stamp.timestamp() == int(_T)
+    local = format_syslog_message(0, "plasma", "hello\n", local=True, now=_T).decode()
+    assert re.fullmatch(rf"<0>Jan [ 2]\d \d\d:\d\d:\d\d plasma\[{pid}\]: hello\n", local), local
+
+
+def test_metrics_line_is_one_compact_json_object() -> None:
+    m = Metrics()
+    m.events_delivered = 3
+    m.observe_fanout(0.5)
+    line = metrics_line(m.snapshot())
+    assert "\n" not in line
+    data = orjson.loads(line)
+    assert data["events_delivered"] == 3
+    assert data["connections"] == 0
+    assert data["event_fanout_seconds"] == {"count": 1, "sum": 0.5}
+    assert "processes" not in data
