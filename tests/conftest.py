@@ -7,8 +7,17 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import PlasmaProcess, RedisServer, wait_for
+
+# Property tests: a few hundred examples in the normal suite; `--hypothesis-profile=fuzz` is
+# the long fuzz run (see tests/test_fuzz.py).
+settings.register_profile("default", max_examples=200, deadline=None)
+settings.register_profile(
+    "fuzz", max_examples=30_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+settings.load_profile("default")
 
 
 @pytest.fixture(autouse=True)

@@ -27,11 +27,16 @@ import orjson
 import redis
 
 __all__ = [
+    "HTTPResult",
     "PlasmaProcess",
+    "RawSSE",
     "RedisServer",
     "SSEEvent",
     "SSEStream",
+    "async_wait_for",
     "free_port",
+    "http",
+    "post_event",
     "wait_for",
 ]
 
@@ -55,6 +60,20 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what
         time.sleep(interval)
 
 
+async def async_wait_for(
+    predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """``wait_for`` for async tests: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -64,9 +83,11 @@ def _port_open(port: int) -> bool:
 
 
 class RedisServer:
-    """A real ``redis-server`` on a free loopback port, with no persistence."""
+    """A real ``redis-server`` on a free loopback port, with no persistence unless asked."""
 
-    def __init__(self, port: int | None = None, password: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, password: str = "", *, durable: bool = False
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -76,6 +97,7 @@ class RedisServer:
         self.binary = binary
         self.port = port or free_port()
         self.password = password
+        self.durable = durable  # append-only file, fsync'd on every write: survives SIGKILL
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir = tempfile.mkdtemp(prefix="plasma-redis-")
 
@@ -93,7 +115,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.durable else "no",
+            "--appendfsync",
+            "always",
             "--dir",
             self._dir,
             "--enable-debug-command",
@@ -304,3 +328,78 @@ class SSEStream:
         self.response.close()
         if self._session is not None:
             await self._session.close()
+
+
+@dataclass
+class HTTPResult:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def http(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> HTTPResult:
+    """One plain HTTP request with urllib; 4xx and 5xx are results, not exceptions."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return HTTPResult(r.status, dict(r.headers.items()), r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return HTTPResult(exc.code, dict(exc.headers.items()), exc.read())
+
+
+def post_event(base_url: str, type: str, data: Any = None) -> HTTPResult:
+    """Publish an event through ``POST /debug`` (needs ``PLASMA_DEBUG=true``)."""
+    body = orjson.dumps({"meta": {"type": type}, "data": data})
+    result = http(base_url + "/debug", "POST", body, {"Content-Type": "application/json"})
+    if result.status != 200:
+        raise AssertionError(f"POST /debug answered {result.status}: {result.body!r}")
+    return result
+
+
+class RawSSE:
+    """An SSE request over a bare asyncio socket: cheap enough for thousands at once."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buffer = b""
+
+    @classmethod
+    async def open(cls, port: int, path: str, headers: Mapping[str, str] | None = None) -> RawSSE:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Accept: text/event-stream"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return cls(reader, writer)
+
+    async def read_until(self, marker: bytes, timeout: float = 10.0) -> bytes:
+        """Read until ``marker`` has arrived; return everything read so far."""
+        async with asyncio.timeout(timeout):
+            while marker not in self.buffer:
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise AssertionError(f"connection closed before {marker!r}: {self.buffer!r}")
+                self.buffer += chunk
+        return self.buffer
+
+    async def read_to_eof(self, timeout: float = 10.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            while chunk := await self.reader.read(65536):
+                self.buffer += chunk
+        return self.buffer
+
+    def close(self) -> None:
+        self.writer.close()

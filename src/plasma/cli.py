@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import sys
 from collections.abc import Sequence
 
@@ -57,10 +58,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_server(config)
 
 
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go does: one fd per client."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
 def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> int:
     """Run one server process in this process; return the exit status."""
     from plasma.server import serve
 
+    raise_open_file_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS

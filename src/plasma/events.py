@@ -100,7 +100,10 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
         raise InvalidEvent("no_type", "meta.type is empty")
     value = obj.get("data")
     if fast:
-        data = orjson.dumps(value)
+        try:
+            data = orjson.dumps(value)
+        except TypeError:  # orjson writes at most 254 levels deep; it reads up to 1024
+            raise InvalidEvent("too_deep", "data is nested too deeply to forward") from None
     else:
         try:
             # allow_nan=False: 1e400 parses as inf, which has no JSON text; lone surrogates
@@ -111,6 +114,8 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
             event_type.encode()
         except ValueError as exc:
             raise InvalidEvent("invalid_json", f"not representable as JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidEvent("too_deep", "data is nested too deeply to forward") from None
     return Event(event_type, data)
 
 
