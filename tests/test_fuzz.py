@@ -3,7 +3,7 @@
 The default profile runs a few hundred examples per property in the normal suite. The long
 fuzz run is the same file with the ``fuzz`` profile (tens of thousands of examples each):
 
-    ./scripts/test tests/test_fuzz.py --hypothesis-profile=fuzz -p no:randomly
+    ./scripts/test tests/test_fuzz.py --hypothesis-profile=fuzz --timeout=0
 """
 
 from __future__ import annotations

@@ -234,10 +234,13 @@ class Server:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:
             self._peers_task.cancel()
-        if self._source_task is not None and not self._source_task.done():
-            self._source_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._source_task
+        task = self._source_task
+        if task is not None and not task.done():
+            task.cancel()
+            # Bounded: a source must never hold shutdown hostage (see RedisSource's cancel check).
+            await asyncio.wait({task}, timeout=2.0)
+            if not task.done():
+                log.error("source did not stop within 2s; abandoning it")
         await self.source.aclose()
         await self.sse.aclose()
         await self.grpc.aclose()

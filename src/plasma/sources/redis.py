@@ -71,6 +71,8 @@ class RedisSource:
             try:
                 await self._listen(hub)
             except (RedisError, OSError, SourceError) as exc:
+                if _cancel_requested():
+                    raise asyncio.CancelledError from exc
                 self._metrics.source_up = 0
                 self._failures += 1
                 log.warning(
@@ -102,6 +104,8 @@ class RedisSource:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await asyncio.wait_for(pubsub.subscribe(*c.channels), timeout=c.timeout * 5)
+            if _cancel_requested():
+                raise asyncio.CancelledError
             self._on_connected("subscribed")
             publish = hub.publish_raw
             get_message = pubsub.get_message
@@ -153,6 +157,17 @@ class RedisSource:
         self._closed = True
         self._metrics.source_up = 0
         await _quietly(self._probe.aclose())
+
+
+def _cancel_requested() -> bool:
+    """Whether this task was asked to stop, even if ``asyncio.wait_for`` ate the CancelledError.
+
+    Python 3.11's ``wait_for`` returns (or raises) the inner call's outcome when a cancellation
+    lands just as that call finishes (gh-86296, fixed in 3.12). A shutdown that cancelled the
+    source during a refused connect then left it retrying forever, and the server never exited.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _quietly(awaitable: object) -> None:

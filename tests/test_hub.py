@@ -1,0 +1,278 @@
+"""The hub: colon-prefix topic index, de-duplication, order, encode-once and coalesced flushes.
+
+Subscribers here are fakes implementing the hub's ``Subscriber`` protocol; the hub is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from plasma.events import Encoder, Event
+from plasma.hub import Hub
+from plasma.metrics import Metrics
+
+
+def text_encoder(event: Event) -> bytes:
+    return event.id.encode() + b"|" + event.type.encode() + b"|" + event.data + b"\n"
+
+
+class FakeSubscriber:
+    """Records what the hub queues and what each flush writes."""
+
+    def __init__(self, name: str = "", encoder: Encoder = text_encoder) -> None:
+        self.name = name
+        self.encoder = encoder
+        self.last_seq = 0
+        self.pending: list[bytes] = []
+        self.writes: list[bytes] = []
+
+    def push(self, data: bytes) -> FakeSubscriber | None:
+        self.pending.append(data)
+        return self if len(self.pending) == 1 else None
+
+    def flush(self) -> None:
+        if self.pending:
+            self.writes.append(b"".join(self.pending))
+            self.pending.clear()
+
+    @property
+    def received(self) -> list[bytes]:
+        return [line for write in self.writes for line in write.splitlines()]
+
+    @property
+    def types(self) -> list[str]:
+        return [line.split(b"|")[1].decode() for line in self.received]
+
+    def __repr__(self) -> str:
+        return f"FakeSubscriber({self.name!r})"
+
+
+def event(type: str, data: bytes = b"1") -> Event:
+    return Event(type, data)
+
+
+async def settle() -> None:
+    """Let the hub's scheduled flushes run."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(Metrics())
+
+
+async def test_prefix_hierarchy(hub: Hub) -> None:
+    subs = {
+        t: FakeSubscriber(t)
+        for t in ["a", "a:b", "a:b:c", "a:b:c:d", "a:bc", "a:b:x", "b", "b:c", "a:", "c"]
+    }
+    for t, sub in subs.items():
+        hub.subscribe(sub, (t,))
+    assert hub.publish(event("a:b:c")) == 3
+    await settle()
+    got = {t for t, sub in subs.items() if sub.received}
+    assert got == {"a", "a:b", "a:b:c"}
+
+
+async def test_whole_segments_only(hub: Hub) -> None:
+    bc = FakeSubscriber("a:bc")
+    prog12 = FakeSubscriber("program:12")
+    prog = FakeSubscriber("program:1234")
+    hub.subscribe(bc, ("a:bc",))
+    hub.subscribe(prog12, ("program:12",))
+    hub.subscribe(prog, ("program:1234",))
+    hub.publish(event("a:b:x"))
+    hub.publish(event("program:1234:views"))
+    hub.publish(event("a:bcd"))
+    hub.publish(event("program:123"))
+    await settle()
+    assert bc.received == []
+    assert prog12.received == []
+    assert prog.types == ["program:1234:views"]
+
+
+async def test_exact_type_without_colon(hub: Hub) -> None:
+    poll = FakeSubscriber()
+    hub.subscribe(poll, ("poll",))
+    hub.publish(event("poll"))
+    hub.publish(event("polls"))
+    hub.publish(event("pol"))
+    await settle()
+    assert poll.types == ["poll"]
+
+
+async def test_several_matching_types_deliver_once(hub: Hub) -> None:
+    sub = FakeSubscriber()
+    other = FakeSubscriber()
+    hub.subscribe(sub, ("a", "a:b", "a:b:c"))
+    hub.subscribe(other, ("a:b",))
+    assert hub.publish(event("a:b:c")) == 2
+    assert hub.publish(event("a:b")) == 2
+    assert hub.publish(event("a")) == 1
+    await settle()
+    assert sub.types == ["a:b:c", "a:b", "a"]
+    assert other.types == ["a:b:c", "a:b"]
+    assert hub.metrics.events_delivered == 5
+
+
+async def test_publish_order_is_kept_per_subscriber(hub: Hub) -> None:
+    subs = [FakeSubscriber(str(i)) for i in range(10)]
+    for i, sub in enumerate(subs):
+        hub.subscribe(sub, ("room",) if i % 2 else ("room", "room:2"))
+    sent = []
+    for n in range(300):
+        t = f"room:{n % 3}"
+        hub.publish(event(t, b"%d" % n))
+        sent.append(b"%d" % n)
+        if n % 37 == 0:
+            await asyncio.sleep(0)  # some flushes in between, some events coalesced
+    await settle()
+    for sub in subs:
+        assert [line.split(b"|")[2] for line in sub.received] == sent
+
+
+async def test_every_event_gets_a_unique_id(hub: Hub) -> None:
+    sub = FakeSubscriber()
+    hub.subscribe(sub, ("a",))
+    events = [event("a") for _ in range(5)]
+    for e in events:
+        hub.publish(e)
+    ids = [e.id for e in events]
+    assert all(ids), "every published event gets an id"
+    assert len(set(ids)) == 5, "ids are unique"
+
+
+async def test_encodes_once_per_event_per_encoder(hub: Hub) -> None:
+    calls = {"x": 0, "y": 0}
+
+    def encoder_x(e: Event) -> bytes:
+        calls["x"] += 1
+        return b"x" + e.data + b"\n"
+
+    def encoder_y(e: Event) -> bytes:
+        calls["y"] += 1
+        return b"y" + e.data + b"\n"
+
+    subs = [FakeSubscriber(str(i), encoder_x if i % 4 else encoder_y) for i in range(1000)]
+    for i, sub in enumerate(subs):
+        hub.subscribe(sub, ("a",) if i % 2 else ("a:b", "a"))
+    for n in range(5):
+        assert hub.publish(event("a:b", b"%d" % n)) == 1000
+    assert calls == {"x": 5, "y": 5}
+    await settle()
+    assert all(len(sub.received) == 5 for sub in subs)
+    assert subs[1].received[0] == b"x0"
+    assert subs[0].received[0] == b"y0"
+
+
+async def test_unsubscribe(hub: Hub) -> None:
+    a = FakeSubscriber("a")
+    b = FakeSubscriber("b")
+    hub.subscribe(a, ("x", "x:y"))
+    hub.subscribe(b, ("x",))
+    assert hub.subscriber_count == 2
+    hub.unsubscribe(a)
+    hub.unsubscribe(a)  # idempotent
+    hub.unsubscribe(FakeSubscriber("never subscribed"))
+    assert hub.subscriber_count == 1
+    assert hub.publish(event("x:y")) == 1
+    hub.unsubscribe(b)
+    assert hub.publish(event("x:y")) == 0
+    assert hub.subscriber_count == 0
+    await settle()
+    assert a.received == []
+    assert b.types == ["x:y"]
+
+
+async def test_subscribe_again_replaces_types(hub: Hub) -> None:
+    sub = FakeSubscriber()
+    hub.subscribe(sub, ("old",))
+    hub.subscribe(sub, ("new",))
+    hub.publish(event("old"))
+    hub.publish(event("new"))
+    await settle()
+    assert sub.types == ["new"]
+    assert hub.subscriber_count == 1
+
+
+async def test_no_subscribers_is_cheap_and_schedules_nothing(hub: Hub) -> None:
+    assert hub.publish(event("nobody")) == 0
+    assert hub._flush_scheduled is False
+
+
+async def test_one_flush_per_loop_iteration(hub: Hub) -> None:
+    subs = [FakeSubscriber(str(i)) for i in range(3)]
+    for sub in subs:
+        hub.subscribe(sub, ("a",))
+    for n in range(4):
+        hub.publish(event("a", b"%d" % n))
+    # Nothing is written synchronously: the flush is scheduled for the loop.
+    assert all(sub.writes == [] for sub in subs)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    for sub in subs:
+        assert len(sub.writes) == 1, "four events in one iteration must be one flush"
+        assert [line.split(b"|")[2] for line in sub.received] == [b"0", b"1", b"2", b"3"]
+    hub.publish(event("a", b"4"))
+    await settle()
+    hub.publish(event("a", b"5"))
+    await settle()
+    assert all(len(sub.writes) == 3 for sub in subs)
+
+
+async def test_huge_fan_out_is_flushed_in_batches(hub: Hub) -> None:
+    subs = [FakeSubscriber(str(i)) for i in range(5000)]
+    for sub in subs:
+        hub.subscribe(sub, ("a",))
+    hub.publish(event("a"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    first_pass = sum(1 for sub in subs if sub.writes)
+    assert 0 < first_pass < 5000, "the loop gets a turn between flush batches"
+    await settle()
+    assert all(len(sub.writes) == 1 for sub in subs)
+
+
+async def test_publish_raw_counts_and_skips_invalid(hub: Hub) -> None:
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(logging.DEBUG)
+    logger = logging.getLogger("plasma.hub")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        sub = FakeSubscriber()
+        hub.subscribe(sub, ("a",))
+        long_garbage = b"x" * 5000
+        assert hub.publish_raw(long_garbage, "chan-1") is None
+        assert hub.publish_raw(b"[1]", "chan-2") is None
+        valid = hub.publish_raw(b'{"meta":{"type":"a:b"},"data":7}', "chan-1")
+        assert valid is not None
+        assert valid.type == "a:b"
+        await settle()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert sub.types == ["a:b"]
+    assert hub.metrics.events_received == 3
+    assert dict(hub.metrics.events_skipped) == {"invalid_json": 1, "not_object": 1}
+    records = [r for r in records if r.getMessage() == "skipped invalid event"]
+    assert len(records) == 2
+    # A flood is throttled: the first is a warning, repeats within the minute are debug lines.
+    assert [r.levelno for r in records] == [logging.WARNING, logging.DEBUG]
+    first = records[0]
+    assert first.channel == "chan-1"  # type: ignore[attr-defined]
+    assert first.reason == "invalid_json"  # type: ignore[attr-defined]
+    payload = first.payload  # type: ignore[attr-defined]
+    assert payload.startswith("xxx")
+    assert len(payload) <= 300, "the logged payload is truncated"
+    assert records[1].channel == "chan-2"  # type: ignore[attr-defined]
