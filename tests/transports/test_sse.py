@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import orjson
@@ -331,3 +331,35 @@ async def test_stream_on_a_kept_alive_connection(custom: PlasmaProcess) -> None:
         await raw.read_until(b'"data":"same connection"}')
     finally:
         writer.close()
+
+
+async def test_http10_client_gets_an_unchunked_stream(
+    server: PlasmaProcess, redis_mod: RedisServer
+) -> None:
+    t = unique()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /?eventType={t} HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n".encode())
+    try:
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"retry: 2000\n\n")
+        assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+        assert b"chunked" not in head.lower()
+        redis_mod.publish("events", {"meta": {"type": t}, "data": 7})
+        async with asyncio.timeout(5):
+            frame = await reader.readuntil(b"\n\n")
+        assert frame.startswith(b"id: ")
+        assert frame.endswith(b'data: {"meta":{"type":"' + t.encode() + b'"},"data":7}\n\n')
+    finally:
+        writer.close()
+
+
+async def test_debug_post_while_redis_is_down_is_503(
+    redis_plasma: Callable[..., PlasmaProcess], redis_server: RedisServer
+) -> None:
+    process = redis_plasma(PLASMA_DEBUG="true")
+    redis_server.stop()
+    body = orjson.dumps({"meta": {"type": "x"}, "data": 1})
+    result = http(process.url + "/debug", "POST", body)
+    assert result.status == 503
+    assert b"redis" in result.body
+    assert http(process.url + "/hc").status == 500
