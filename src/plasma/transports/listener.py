@@ -54,7 +54,13 @@ class ProtocolSniffer(asyncio.Protocol):
         if buffer.startswith(H2_PREFACE):
             self._hand_over(self._factory.grpc)
         elif H2_PREFACE.startswith(buffer):
-            return  # a prefix of the preface: wait for the rest
+            # A prefix of the preface: wait for the rest, but not long (clients send it whole).
+            if len(buffer) == len(data):
+                self._cancel_timer()
+                self._timer = asyncio.get_running_loop().call_later(
+                    self._factory.partial_timeout, self._timed_out
+                )
+            return
         else:
             self._hand_over(self._factory.http)
 
@@ -103,10 +109,13 @@ class SniffingFactory:
         http: ProtocolFactory | None,
         grpc: ProtocolFactory | None,
         first_bytes_timeout: float = 10.0,
+        partial_timeout: float = 3.0,
     ) -> None:
         self.http = http
         self.grpc = grpc
         self.first_bytes_timeout = first_bytes_timeout
+        self.partial_timeout = partial_timeout
+        """Seconds to wait for the rest of a connection that sent part of the HTTP/2 preface."""
 
     def __call__(self) -> asyncio.Protocol:
         return ProtocolSniffer(self)

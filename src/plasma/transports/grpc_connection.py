@@ -1,0 +1,322 @@
+"""gRPC over HTTP/2 on the ``h2`` library: one connection, its streams, and their flushing.
+
+``h2`` runs the HTTP/2 state machine, flow control and HPACK; this module and ``grpc_stream``
+add what gRPC puts on top: the 5-byte message framing, the content-type check, and
+``grpc-status`` / ``grpc-message`` trailers. A call's behaviour lives in a ``CallHandler``
+chosen by path.
+
+Sending follows the hub's rule (DESIGN.md, "The hot path"): streams report the connection when
+it becomes dirty; its ``flush`` turns each dirty stream's pending messages into one DATA frame
+and does one socket ``write`` for all of its streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from plasma.transports.grpc_stream import ServerStream, Status
+from plasma.transports.listener import H2_PREFACE
+
+if TYPE_CHECKING:
+    from plasma.transports.grpc import GrpcTransport
+
+__all__ = ["HANDSHAKE_TIMEOUT", "GrpcConnection"]
+
+log = logging.getLogger("plasma.transports.grpc")
+
+HANDSHAKE_TIMEOUT = 3.0
+"""Seconds a new connection has to send its SETTINGS frame after the preface."""
+
+
+class GrpcConnection(asyncio.Protocol):
+    """One HTTP/2 connection: its h2 state, its streams, and the streams waiting to flush."""
+
+    __slots__ = (
+        "_handshake_timer",
+        "_header",
+        "_skip",
+        "closing",
+        "dirty",
+        "grpc",
+        "h2",
+        "limit",
+        "out",
+        "remote",
+        "scheduled",
+        "streams",
+        "transport",
+    )
+
+    def __init__(self, grpc: GrpcTransport) -> None:
+        self.grpc = grpc
+        self.limit = grpc.client_buffer
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        limits = grpc.limits
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.grpc_max_streams,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.grpc_max_frame_size,
+            },
+        )
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, ServerStream] = {}
+        self.dirty: list[ServerStream] = []
+        self.out: list[bytes] = []
+        """Bytes for the next socket write, in order: h2's output, then DATA frames."""
+        self.scheduled = False
+        self.closing = False
+        self.remote = ""
+        self._skip = len(H2_PREFACE)  # the preface is not a frame
+        self._header = b""
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
+        self.grpc.connections.add(self)
+        self._handshake_timer = asyncio.get_running_loop().call_later(
+            HANDSHAKE_TIMEOUT, self._handshake_timed_out
+        )
+        self.h2.initiate_connection()
+        self.take_h2_output()
+        self._write_out()
+
+    def data_received(self, data: bytes) -> None:
+        self.scheduled = True  # whatever the handlers queue is flushed below, not by the hub
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued a GOAWAY with the right error code; send it and hang up.
+            self._hang_up(str(exc))
+            return
+        if not self._frames_fit(data):
+            # h2 would buffer the whole frame before refusing it: refuse it by its header.
+            self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+            self._hang_up("frame larger than SETTINGS_MAX_FRAME_SIZE")
+            return
+        for event in events:
+            handle = _DISPATCH.get(type(event))
+            if handle is not None:
+                handle(self, event)
+        self.take_h2_output()  # acks, window updates, headers of refused calls
+        self.flush()
+
+    def _frames_fit(self, data: bytes) -> bool:
+        """Follow frame boundaries in what arrives; False when a header announces too much."""
+        skip = self._skip
+        header = self._header
+        size = len(data)
+        pos = 0
+        while pos < size:
+            if skip:
+                n = min(skip, size - pos)
+                skip -= n
+                pos += n
+                continue
+            n = min(9 - len(header), size - pos)
+            header += data[pos : pos + n]
+            pos += n
+            if len(header) == 9:
+                skip = int.from_bytes(header[:3], "big")
+                header = b""
+                if skip > self.h2.max_inbound_frame_size:
+                    return False
+        self._skip = skip
+        self._header = header
+        return True
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._close_streams("client", Status.CANCELLED)
+        self.dirty.clear()
+        self.transport = None
+        self.grpc.connections.discard(self)
+
+    # --- h2 events ---------------------------------------------------------------------------
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        self._mark_waiting(None)  # a new initial window size may unblock streams
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        sid = event.stream_id
+        headers = dict(event.headers or ())
+        path = headers.get(b":path", b"")
+        if self.closing:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if headers.get(b":method") != b"POST":
+            self.h2.send_headers(sid, [(b":status", b"405")], end_stream=True)
+            return
+        if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
+            self.h2.send_headers(sid, [(b":status", b"415")], end_stream=True)
+            return
+        stream = ServerStream(self, sid, path.decode("utf-8", "replace"))
+        self.streams[sid] = stream
+        encoding = headers.get(b"grpc-encoding", b"identity")
+        factory = self.grpc.routes.get(path)
+        if encoding != b"identity":
+            stream.finish(
+                Status.UNIMPLEMENTED, f"grpc-encoding {encoding.decode(errors='replace')!r}"
+            )
+        elif factory is None:
+            stream.finish(Status.UNIMPLEMENTED, f"unknown method {stream.path}")
+        elif factory == self.grpc.events_factory and self.grpc.at_capacity():
+            stream.finish(Status.RESOURCE_EXHAUSTED, "too many connections; retry later")
+        else:
+            stream.handler = factory(stream)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        # Messages are consumed at once (and bounded), so the window is returned at once.
+        self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.ended and event.data:
+            stream.receive(event.data)
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.ended:
+            stream.half_close()
+
+    def _on_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.abort("client")
+
+    def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        self._mark_waiting(event.stream_id or None)
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self._close_streams("client", Status.CANCELLED)
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- flushing ------------------------------------------------------------------------------
+
+    def mark(self, stream: ServerStream) -> None:
+        """Queue ``stream`` for the next flush and make sure one is scheduled."""
+        if not stream.queued:
+            stream.queued = True
+            self.dirty.append(stream)
+        self.schedule()
+
+    def schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.grpc.hub.mark_dirty(self)
+
+    def _mark_waiting(self, stream_id: int | None) -> None:
+        streams = self.streams.values() if stream_id is None else (self.streams.get(stream_id),)
+        for stream in streams:
+            if stream is not None and (stream.pending or stream.trailers) and not stream.queued:
+                stream.queued = True
+                self.dirty.append(stream)
+
+    def flush(self) -> None:
+        """One DATA frame per dirty stream, then one socket write; never awaits or raises."""
+        self.scheduled = False
+        dirty = self.dirty
+        if dirty:
+            self.dirty = []
+            for stream in dirty:
+                stream.queued = False
+                stream.send_pending()
+        self._write_out()
+
+    def take_h2_output(self) -> None:
+        """Move what h2 has queued to ``out`` (call after every h2 send, to keep the order)."""
+        data = self.h2.data_to_send()
+        if data:
+            self.out.append(data)
+
+    def _write_out(self) -> None:
+        """Write ``out`` in one call. h2's own output must have been taken: every h2 call is
+        followed by ``take_h2_output``, so h2's buffer is empty between callbacks."""
+        out = self.out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        self.grpc.metrics.bytes_written += len(data)
+        # A client that does not read fills the socket buffer: cut it, never wait for it.
+        if transport.get_write_buffer_size() > self.limit:
+            log.info("dropping a slow gRPC connection", extra={"remote": self.remote})
+            self._close_streams("slow", Status.RESOURCE_EXHAUSTED)
+            transport.abort()
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def _hang_up(self, error: str) -> None:
+        log.debug("closing gRPC connection after a protocol error", extra={"error": error})
+        self.scheduled = False
+        self.take_h2_output()
+        self._write_out()
+        self._close_streams("protocol", Status.INTERNAL)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _close_streams(self, reason: str, status: Status) -> None:
+        for stream in list(self.streams.values()):
+            stream.abort(reason, status)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_timer = None
+        if self.transport is not None:
+            log.debug("closing a silent gRPC connection", extra={"remote": self.remote})
+            self.transport.abort()
+
+    def shutdown(self, reason: str) -> None:
+        """End every call with UNAVAILABLE, say GOAWAY, and close once that is written."""
+        self.closing = True
+        for stream in list(self.streams.values()):
+            stream.pending.clear()
+            stream.pending_bytes = 0
+            stream.finish(Status.UNAVAILABLE, "server shutting down", reason=reason)
+        self.flush()
+        self.h2.close_connection()
+        self.take_h2_output()
+        self._write_out()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+_DISPATCH: dict[type, Callable[[GrpcConnection, Any], None]] = {
+    h2.events.RemoteSettingsChanged: GrpcConnection._on_settings,
+    h2.events.RequestReceived: GrpcConnection._on_request,
+    h2.events.DataReceived: GrpcConnection._on_data,
+    h2.events.StreamEnded: GrpcConnection._on_stream_ended,
+    h2.events.StreamReset: GrpcConnection._on_reset,
+    h2.events.WindowUpdated: GrpcConnection._on_window,
+    h2.events.ConnectionTerminated: GrpcConnection._on_goaway,
+}

@@ -1,0 +1,227 @@
+"""The standard gRPC extras on plasma's h2 layer: health checking and server reflection.
+
+``grpc.health.v1.Health`` answers like ``GET /hc``: SERVING while the source's broker answers,
+NOT_SERVING otherwise, for the service names ``""`` and ``proto.StreamService``. Server
+reflection (``grpc.reflection.v1`` and ``v1alpha``) lets grpcurl-style tools list the services
+and describe ``proto.StreamService`` (the 2017 ``stream.proto``) without the .proto file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError
+
+from plasma.transports import grpc_proto
+from plasma.transports.grpc_stream import ServerStream, Status
+
+if TYPE_CHECKING:
+    from plasma.transports.grpc import GrpcTransport
+
+__all__ = ["HEALTH_SERVICES", "SERVICE_NAMES", "HealthService", "ReflectionCall"]
+
+log = logging.getLogger("plasma.transports.grpc")
+
+HEALTH_SERVICES = ("", "proto.StreamService")
+"""Service names the health service knows; both reflect the source's health."""
+SERVICE_NAMES = (
+    "proto.StreamService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+)
+WATCH_INTERVAL = 1.0
+"""Seconds between health probes while some client watches."""
+
+_CheckRequest: Any = grpc_proto.health.message("grpc.health.v1.HealthCheckRequest")
+_CheckResponse: Any = grpc_proto.health.message("grpc.health.v1.HealthCheckResponse")
+_ListRequest: Any = grpc_proto.health.message("grpc.health.v1.HealthListRequest")
+_ListResponse: Any = grpc_proto.health.message("grpc.health.v1.HealthListResponse")
+_SERVING = 1
+_NOT_SERVING = 2
+_SERVICE_UNKNOWN = 3
+
+# v1 and v1alpha messages are identical on the wire; the v1 classes serve both paths.
+_ReflectionRequest: Any = grpc_proto.reflection_v1.message(
+    "grpc.reflection.v1.ServerReflectionRequest"
+)
+_ReflectionResponse: Any = grpc_proto.reflection_v1.message(
+    "grpc.reflection.v1.ServerReflectionResponse"
+)
+
+
+class _Call:
+    """A call that parses one request type and reacts to each message."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ServerStream) -> None:
+        self._stream = stream
+
+    def parse(self, message_class: Any, message: bytes) -> Any | None:
+        try:
+            return message_class.FromString(message)
+        except DecodeError:
+            self._stream.finish(Status.INVALID_ARGUMENT, "cannot parse request", reason="invalid")
+            return None
+
+    def on_message(self, message: bytes) -> None:
+        raise NotImplementedError
+
+    def on_half_close(self) -> None:
+        pass
+
+    def on_end(self, reason: str) -> None:
+        pass
+
+
+class HealthService:
+    """Health calls and the one probe loop shared by every ``Watch``."""
+
+    def __init__(self, grpc: GrpcTransport) -> None:
+        self._grpc = grpc
+        self._watchers: dict[ServerStream, int] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def status(self) -> int:
+        return _SERVING if await self._grpc.source.healthy() else _NOT_SERVING
+
+    def check(self, stream: ServerStream) -> _Call:
+        return _Check(stream, self)
+
+    def list(self, stream: ServerStream) -> _Call:
+        return _List(stream, self)
+
+    def watch(self, stream: ServerStream) -> _Call:
+        return _Watch(stream, self)
+
+    def add_watcher(self, stream: ServerStream, status: int) -> None:
+        self._watchers[stream] = status
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    def remove_watcher(self, stream: ServerStream) -> None:
+        self._watchers.pop(stream, None)
+
+    async def _poll(self) -> None:
+        while self._watchers:
+            await asyncio.sleep(WATCH_INTERVAL)
+            status = await self.status()
+            for stream, last in list(self._watchers.items()):
+                if last not in (status, _SERVICE_UNKNOWN):
+                    self._watchers[stream] = status
+                    stream.send(_CheckResponse(status=status).SerializeToString())
+
+    async def aclose(self) -> None:
+        self._watchers.clear()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+
+
+class _Check(_Call):
+    __slots__ = ("_health",)
+
+    def __init__(self, stream: ServerStream, health: HealthService) -> None:
+        super().__init__(stream)
+        self._health = health
+
+    def on_message(self, message: bytes) -> None:
+        request = self.parse(_CheckRequest, message)
+        if request is not None:
+            self._stream.run(self._answer(request.service))
+
+    async def _answer(self, service: str) -> None:
+        stream = self._stream
+        if service not in HEALTH_SERVICES:
+            stream.finish(Status.NOT_FOUND, f"unknown service {service!r}")
+            return
+        stream.send(_CheckResponse(status=await self._health.status()).SerializeToString())
+        stream.finish(Status.OK)
+
+
+class _List(_Check):
+    __slots__ = ()
+
+    def on_message(self, message: bytes) -> None:
+        if self.parse(_ListRequest, message) is not None:
+            self._stream.run(self._answer_all())
+
+    async def _answer_all(self) -> None:
+        status = await self._health.status()
+        response = _ListResponse()
+        for service in HEALTH_SERVICES:
+            response.statuses[service].status = status
+        self._stream.send(response.SerializeToString())
+        self._stream.finish(Status.OK)
+
+
+class _Watch(_Check):
+    __slots__ = ()
+
+    async def _answer(self, service: str) -> None:
+        stream = self._stream
+        status = await self._health.status() if service in HEALTH_SERVICES else _SERVICE_UNKNOWN
+        stream.send(_CheckResponse(status=status).SerializeToString())
+        self._health.add_watcher(stream, status)
+
+    def on_end(self, reason: str) -> None:
+        self._health.remove_watcher(self._stream)
+
+
+def _find_file(request: Any) -> grpc_proto.ProtoFile | None:
+    kind = request.WhichOneof("message_request")
+    if kind == "file_by_filename":
+        name = request.file_by_filename
+        return next((f for f in grpc_proto.SERVED_FILES if f.name == name), None)
+    symbol = request.file_containing_symbol
+    if kind == "all_extension_numbers_of_type":
+        symbol = request.all_extension_numbers_of_type
+    return next((f for f in grpc_proto.SERVED_FILES if symbol in f.symbols), None)
+
+
+class ReflectionCall(_Call):
+    """``ServerReflectionInfo``: one response per request, until the client half-closes."""
+
+    __slots__ = ()
+
+    def on_message(self, message: bytes) -> None:
+        request = self.parse(_ReflectionRequest, message)
+        if request is None:
+            return
+        response = _ReflectionResponse(valid_host=request.host, original_request=request)
+        kind = request.WhichOneof("message_request")
+        if kind == "list_services":
+            for name in SERVICE_NAMES:
+                response.list_services_response.service.add(name=name)
+        elif kind in ("file_by_filename", "file_containing_symbol"):
+            file = _find_file(request)
+            if file is None:
+                _not_found(response, f"{kind} not found")
+            else:
+                response.file_descriptor_response.file_descriptor_proto.append(file.serialized)
+        elif kind == "all_extension_numbers_of_type":
+            if _find_file(request) is None:
+                _not_found(response, "type not found")
+            else:  # plasma's messages declare no extensions
+                response.all_extension_numbers_response.base_type_name = (
+                    request.all_extension_numbers_of_type
+                )
+        elif kind == "file_containing_extension":
+            _not_found(response, "plasma's messages declare no extensions")
+        else:
+            response.error_response.error_code = Status.INVALID_ARGUMENT
+            response.error_response.error_message = "empty reflection request"
+        self._stream.send(response.SerializeToString())
+
+    def on_half_close(self) -> None:
+        self._stream.finish(Status.OK)
+
+
+def _not_found(response: Any, message: str) -> None:
+    response.error_response.error_code = Status.NOT_FOUND
+    response.error_response.error_message = message
