@@ -85,7 +85,11 @@ class Server:
             limits=config.limits,
         )
         self.grpc = GrpcTransport(
-            self.hub, self.metrics, self.source, client_buffer=config.client_buffer
+            self.hub,
+            self.metrics,
+            self.source,
+            client_buffer=config.client_buffer,
+            limits=config.limits,
         )
         self.meta = MetaEndpoints(
             self.source,
