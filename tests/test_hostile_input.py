@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -262,3 +264,33 @@ async def test_a_flood_of_bad_requests_does_not_flood_the_error_log(
     assert errors == [], str(errors[0])[:3000]
     warnings = [line for line in server.log_lines() if line.get("level") == "warn"]
     assert len(warnings) <= 2, "malformed requests are logged at most once a minute"
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        b"GET /?eventType=a HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ],
+    ids=["sse", "grpc"],
+)
+def test_server_sockets_use_tcp_keepalive(server: PlasmaProcess, first_bytes: bytes) -> None:
+    """A client that vanishes without a FIN is found by keepalive probes, even when idle."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(first_bytes)
+        time.sleep(0.3)
+        local_port = sock.getsockname()[1]
+        out = subprocess.run(
+            [
+                "ss",
+                "-tnoH",
+                "state",
+                "established",
+                f"( sport = :{server.port} and dport = :{local_port} )",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "keepalive" in out, out
