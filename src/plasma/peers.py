@@ -38,7 +38,7 @@ class Peers:
 
     def others(self) -> list[dict[str, Any]]:
         """The fresh snapshots of every other worker."""
-        out = []
+        out: list[dict[str, Any]] = []
         now = time.time()
         try:
             paths = list(self.directory.glob("worker-*.json"))

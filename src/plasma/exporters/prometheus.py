@@ -207,7 +207,7 @@ def _histogram(name: str, doc: str, data: dict[str, Any] | None) -> Metric:
     cumulative = 0
     for bound, count in zip([*data["bounds"], float("inf")], data["counts"], strict=True):
         cumulative += count
-        buckets.append((floatToGoString(bound), cumulative))
+        buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
     return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=data["sum"])
 
 

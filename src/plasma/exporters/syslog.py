@@ -154,13 +154,13 @@ class SyslogWriter:
             return transport, True
         if network == "tcp":
             host, port = _split_host_port(self.addr)
-            transport, _ = await loop.create_connection(lambda: conn, host, port)
-            return transport, False
+            stream, _ = await loop.create_connection(lambda: conn, host, port)
+            return stream, False
         if network == "unixgram":
             return await _open_unixgram(loop, conn, self.addr), True
         if network == "unix":
-            transport, _ = await loop.create_unix_connection(lambda: conn, self.addr)
-            return transport, False
+            unix, _ = await loop.create_unix_connection(lambda: conn, self.addr)
+            return unix, False
         raise ValueError(f"unsupported syslog network {network!r}")
 
     async def _open_local(

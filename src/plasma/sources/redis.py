@@ -120,7 +120,7 @@ class RedisSource:
             raise SourceError(f"redis at {self.address} did not answer SUBSCRIBE") from exc
         finally:
             self._metrics.source_up = 0
-            await _quietly(pubsub.aclose())
+            await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
             await _quietly(client.aclose())
 
     def _on_connected(self, what: str) -> None:

@@ -77,7 +77,11 @@ class RedisStreamSource(RedisSource):
             positions = self._positions
             block_ms = max(1, int(c.timeout * 1000))
             while True:
-                reply = await client.xread(positions, count=_READ_COUNT, block=block_ms)
+                reply: Any = await client.xread(
+                    positions,  # type: ignore[arg-type]
+                    count=_READ_COUNT,
+                    block=block_ms,
+                )
                 if not reply:
                     continue
                 batch: list[tuple[tuple[int, int], str, str, bytes | None]] = []
@@ -117,7 +121,7 @@ class RedisStreamSource(RedisSource):
             for stream in self._config.channels:
                 if not await self._still_has(stream, after):
                     return None
-                entries = await asyncio.wait_for(
+                entries: Any = await asyncio.wait_for(
                     self._probe.xrange(stream, min=f"({event_id}", count=_REPLAY_LIMIT),
                     self._config.timeout * 5,
                 )

@@ -71,8 +71,10 @@ class MetaEndpoints:
 
     @staticmethod
     async def _allow(
-        request: web.BaseRequest, methods: tuple[str, ...], handler
-    ) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+        request: web.BaseRequest,
+        methods: tuple[str, ...],
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
         if request.method not in methods:
             return web.Response(
                 status=405, text="405 method not allowed\n", headers={"Allow": ", ".join(methods)}

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from plasma.config import LimitsConfig, SSEConfig
-from plasma.events import Event
+from plasma.events import Encoder, Event
 from plasma.hub import Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
@@ -117,7 +117,7 @@ class SSESubscriber:
     ) -> None:
         self.transport = transport
         self._goodbye = _chunk(goodbye) if chunked else goodbye
-        self.encoder = encode_sse_chunked if chunked else encode_sse
+        self.encoder: Encoder = encode_sse_chunked if chunked else encode_sse
         self._chunked = chunked
         self.last_seq = 0
         self.events_sent = 0
