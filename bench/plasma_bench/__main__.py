@@ -1,0 +1,3 @@
+from plasma_bench.cli import main
+
+raise SystemExit(main())

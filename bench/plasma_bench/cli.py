@@ -1,0 +1,390 @@
+"""``./scripts/bench``: start Redis and plasma (and Nchan), drive the subscribers, report.
+
+./scripts/bench                     the issue-5 scenarios against plasma
+./scripts/bench --against nchan     ... and the same scenarios against Nchan
+./scripts/bench --smoke             a few seconds: 50 SSE, a few gRPC, 20 events (CI)
+./scripts/bench --target 127.0.0.1:8080 --redis 127.0.0.1:6379   a running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from plasma_bench import __version__
+from plasma_bench.clients import raise_nofile
+from plasma_bench.pool import ClientPool
+from plasma_bench.report import markdown_table, plots, profile_summary, table, targets_check
+from plasma_bench.runner import Settings, TargetRun
+from plasma_bench.servers import (
+    REPO,
+    ExternalTarget,
+    Managed,
+    NchanServer,
+    PlasmaServer,
+    RedisServer,
+    Target,
+    nchan_available,
+)
+
+__all__ = ["main"]
+
+ALL_SCENARIOS = ("idle", "burst", "rate", "grpc")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _addr(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="plasma's load benchmark: SSE and gRPC fan-out from Redis, optionally "
+        "beside Nchan. Starts its own redis-server and plasma on free loopback ports.",
+    )
+    p.add_argument("--smoke", action="store_true", help="a few seconds, small counts (CI)")
+    p.add_argument(
+        "--against",
+        choices=["nchan"],
+        action="append",
+        default=[],
+        help="also run the same scenarios against this server",
+    )
+    p.add_argument("--skip-plasma", action="store_true", help="run only the --against servers")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help="comma list of idle,burst,rate,grpc (default: all)",
+    )
+    p.add_argument(
+        "--sse",
+        default="1000,5000",
+        type=_ints,
+        help="SSE subscriber counts for the burst sweep (default 1000,5000)",
+    )
+    p.add_argument("--burst-events", type=int, default=200, help="events per burst (200)")
+    p.add_argument("--burst-repeat", type=int, default=3, help="bursts per level (3, median)")
+    p.add_argument("--rate", type=float, default=100.0, help="fixed publish rate, events/s (100)")
+    p.add_argument("--rate-seconds", type=float, default=10.0, help="fixed-rate duration (10)")
+    p.add_argument(
+        "--rate-subscribers",
+        type=int,
+        default=1000,
+        help="SSE subscribers for the fixed-rate run (1000)",
+    )
+    p.add_argument("--grpc", type=int, default=1000, help="gRPC streams (1000; 0: skip)")
+    p.add_argument(
+        "--idle",
+        type=int,
+        default=20000,
+        help="idle SSE connections for the RSS scenario (20000; 0: skip)",
+    )
+    p.add_argument(
+        "--idle-events",
+        type=int,
+        default=10,
+        help="events sent to the idle connections to prove they all receive (10)",
+    )
+    p.add_argument("--event-bytes", type=int, default=200, help="event JSON size in bytes (200)")
+    p.add_argument("--procs", type=int, default=4, help="subscriber processes (4)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="parse every frame fully (de-chunk, JSON, protobuf); default in --smoke",
+    )
+    p.add_argument("--workers", type=int, default=None, help="PLASMA_WORKERS for the server")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the plasma server (repeatable)",
+    )
+    p.add_argument(
+        "--target",
+        type=_addr,
+        default=None,
+        metavar="HOST:PORT",
+        help="benchmark a running plasma instead of starting one",
+    )
+    p.add_argument(
+        "--target-pid",
+        type=int,
+        default=None,
+        help="pid of the --target server, for CPU/RSS (default: found by its port)",
+    )
+    p.add_argument(
+        "--redis",
+        type=_addr,
+        default=None,
+        metavar="HOST:PORT",
+        help="the Redis the --target server reads (default: start redis-server)",
+    )
+    p.add_argument("--channel", default="bench", help="Redis channel (bench)")
+    p.add_argument("--event-type", default="bench", help="event type subscribed to (bench)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the plasma server with py-spy (--native) in each scenario",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=120.0,
+        help="seconds allowed for one step of connections (120)",
+    )
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.sse = [50]
+        args.burst_events = 20
+        args.burst_repeat = 1
+        args.rate = 50.0
+        args.rate_seconds = 0.4
+        args.rate_subscribers = 50
+        args.grpc = 4 if args.grpc else 0
+        args.idle = 0
+        args.procs = 2
+        args.strict = True
+        args.connect_timeout = 20.0
+    return args
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        pass
+    for mod in ("uvloop", "aiohttp", "h2", "orjson", "redis"):
+        try:
+            m = __import__(mod)
+            info[mod] = getattr(m, "__version__", "?")
+        except ImportError:
+            info[mod] = None
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        info["plasma_rev"] = rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    import resource
+
+    info["nofile"] = list(resource.getrlimit(resource.RLIMIT_NOFILE))
+    return info
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The pid owning the listening TCP socket on ``port`` (same user only), or None."""
+    inodes = set()
+    for table_path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table_path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    if not inodes:
+        return None
+    for pid in (d for d in os.listdir("/proc") if d.isdigit()):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    Managed.keep_logs = out / "logs"
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(scenarios) - set(ALL_SCENARIOS)
+    if unknown:
+        raise SystemExit(f"bench: unknown scenarios {sorted(unknown)}; use {ALL_SCENARIOS}")
+    notes: list[str] = []
+    _soft, hard = raise_nofile()
+    idle = args.idle
+    if idle and not args.target and (args.workers in (None, 1)) and idle > hard - 64:
+        notes.append(
+            f"idle connections capped at {hard - 64:,} (asked {idle:,}): RLIMIT_NOFILE hard limit "
+            f"is {hard:,} here and one server process needs one descriptor per connection"
+        )
+        idle = hard - 64
+    settings = Settings(
+        scenarios=scenarios,
+        sse_levels=args.sse,
+        burst_events=args.burst_events,
+        burst_repeat=args.burst_repeat,
+        rate=args.rate,
+        rate_seconds=args.rate_seconds,
+        rate_subscribers=args.rate_subscribers,
+        grpc_streams=args.grpc,
+        idle_connections=idle,
+        idle_events=args.idle_events,
+        event_bytes=args.event_bytes,
+        event_type=args.event_type,
+        channel=args.channel,
+        strict=args.strict,
+        connect_timeout=args.connect_timeout,
+        out=out,
+        profile=args.profile,
+        notes=notes,
+    )
+    started = time.time()
+    results: dict[str, Any] = {
+        "bench_version": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "argv": sys.argv[1:],
+        "machine": machine(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
+        "notes": notes,
+        "runs": [],
+    }
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    for n in notes:
+        log(f"note: {n}")
+    redis: RedisServer | None = None
+    redis_addr = args.redis
+    redis_pid = None
+    pool = ClientPool(args.procs)
+    samples: dict[str, list[int]] = {}
+    try:
+        await pool.start()
+        if not args.skip_plasma and redis_addr is None:
+            redis = await asyncio.to_thread(lambda: RedisServer().start())
+            redis_addr = (redis.host, redis.port)
+            redis_pid = redis.pid
+        elif redis_addr is not None:
+            redis_pid = pid_listening_on(redis_addr[1])
+        epoch_ns = time.time_ns()
+        runs: list[tuple[str, str, Any]] = []
+        if not args.skip_plasma:
+            if args.target:
+                host, port = args.target
+                pid = args.target_pid or pid_listening_on(port)
+                if pid is None:
+                    notes.append("server pid unknown: no server CPU or RSS figures")
+
+                def make_external() -> Target:
+                    return ExternalTarget(host, port, pid)
+
+                runs.append(("plasma", f"plasma@{host}:{port}", make_external))
+            else:
+                env = dict(kv.split("=", 1) for kv in args.env)
+                if args.workers is not None:
+                    env["PLASMA_WORKERS"] = str(args.workers)
+                assert redis_addr is not None
+                addr = f"{redis_addr[0]}:{redis_addr[1]}"
+
+                def make_plasma() -> Target:
+                    return PlasmaServer(addr, args.channel, env).start()
+
+                label = "plasma" + (f" w={args.workers}" if args.workers is not None else "")
+                runs.append(("plasma", label, make_plasma))
+        if "nchan" in args.against:
+            why = nchan_available()
+            if why:
+                notes.append(f"nchan skipped: {why}")
+                log(f"note: nchan skipped: {why}")
+            else:
+                runs.append(("nchan", "nchan", lambda: NchanServer().start()))
+        for kind, label, make in runs:
+            tr = TargetRun(settings, pool, make, redis_addr, redis_pid, epoch_ns, log, label)
+            results["runs"].append({"target": kind, "label": label})
+
+            def save(partial: dict[str, Any]) -> None:
+                results["runs"][-1] = partial
+                _write_json(out, results)
+
+            await tr.run(kind, save)
+            samples.update(tr.latency_samples)
+    finally:
+        await pool.stop()
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
+    results["seconds"] = round(time.time() - started, 1)
+    if args.profile:
+        results["profiles"] = {}
+        for path in sorted(out.glob("profile-*.txt")):
+            results["profiles"][path.name] = profile_summary(path)
+    results["targets"] = targets_check(results)
+    results["plots"] = plots(results, samples, out)
+    return results
+
+
+def _write_json(out: Path, results: dict[str, Any]) -> Path:
+    path = out / "results.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = asyncio.run(run(args))
+    out: Path = args.out
+    path = _write_json(out, results)
+    (out / "results.md").write_text(markdown_table(results) + "\n")
+    print()
+    print(table(results))
+    if results["targets"]:
+        print("\nissue 5 targets:")
+        for line in results["targets"]:
+            print("  " + line)
+    for name, prof in (results.get("profiles") or {}).items():
+        print(f"\n{name}: {prof['samples']} samples; top self time:")
+        for fn, pct in prof["self"][:12]:
+            print(f"  {pct:5.1f}%  {fn}")
+    print(f"\nwrote {path}, {out / 'results.md'}" + "".join(f", {p}" for p in results["plots"]))
+    bad = [
+        r
+        for r in results["runs"]
+        if any(
+            (lvl.get("burst") or {}).get("lost") for lvl in (r.get("sweep") or {}).get("levels", [])
+        )
+    ]
+    return 1 if bad else 0

@@ -1,0 +1,60 @@
+"""The benchmark's smoke mode runs end to end: servers start, subscribers receive everything.
+
+This is the CI check that ``./scripts/bench`` keeps working. It never asserts timings: only that
+the JSON report exists, that deliveries happened, and that nothing was lost, duplicated or
+reordered (the smoke mode parses every frame strictly, so the wire format is checked too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed"),
+]
+
+
+def _clean(d: dict[str, Any]) -> None:
+    assert d["deliveries"] > 0
+    assert d["deliveries"] == d["expected"]
+    assert d["lost"] == 0
+    assert d["duplicated"] == 0
+    assert d["reordered"] == 0
+    assert d["strict_errors"] == 0
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "bench"), "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env={**os.environ, "PLASMA_BENCH_PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    (run,) = results["runs"]
+    assert run["target"] == "plasma"
+    levels = run["sweep"]["levels"]
+    assert levels and levels[0]["subscribers"] == 50
+    _clean(levels[0]["burst"])
+    _clean(run["sweep"]["rate"])
+    assert run["sweep"]["rate"]["latency_ms"]["samples"] == run["sweep"]["rate"]["deliveries"]
+    grpc = run["grpc"]
+    assert grpc["available"], grpc
+    _clean(grpc["burst"])
+    _clean(grpc["rate"])
+    assert (out / "results.md").exists()
