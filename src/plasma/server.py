@@ -24,6 +24,7 @@ from plasma.transports.http import create_http_server
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.meta import MetaEndpoints
 from plasma.transports.sse import SSETransport, wants_sse
+from plasma.transports.sse_connection import SSEConnection
 
 __all__ = ["Server", "make_tls_context", "serve"]
 
@@ -120,8 +121,13 @@ class Server:
         tls = make_tls_context(config.tls) if config.tls.enabled else None
         limits = config.limits
         self._http = create_http_server(self._handle_http, limits)
+        http = self._http
+
+        def new_http_connection() -> asyncio.Protocol:
+            return SSEConnection(self.sse, http)
+
         both = SniffingFactory(
-            http=self._http,
+            http=new_http_connection,
             grpc=self.grpc.protocol_factory,
             first_bytes_timeout=limits.header_timeout,
         )

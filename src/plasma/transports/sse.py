@@ -1,14 +1,18 @@
 """Server-Sent Events: the browser transport, on any path with ``Accept: text/event-stream``.
 
-aiohttp parses the request and sends the headers and the first ``retry:`` frame; from then on
-the stream's bytes are pre-encoded once per event (SSE frame plus HTTP/1.1 chunk framing) and
+A stream's bytes are pre-encoded once per event (SSE frame plus HTTP/1.1 chunk framing) and
 written straight to the socket by the hub's flush, one ``write`` per client per loop iteration.
+Most streams are the first request of a fresh connection and are served by the lean
+``SSEConnection`` protocol (``sse_connection.py``); a stream requested on a connection aiohttp
+already serves (keep-alive after a page load), or a request that needs an error answer, goes
+through ``SSETransport.handle``. Both end up as an ``SSESubscriber`` registered here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import logging
 import re
 import time
@@ -24,15 +28,21 @@ from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
 from plasma.transports.access import log_request, log_stream_end, remote_address
 
-__all__ = ["SSESubscriber", "SSETransport", "encode_sse", "encode_sse_chunked", "wants_sse"]
+__all__ = [
+    "SSESubscriber",
+    "SSETransport",
+    "encode_sse",
+    "encode_sse_chunked",
+    "query_values",
+    "wants_sse",
+]
 
 log = logging.getLogger("plasma.transports.sse")
 
 _HEARTBEAT = b":heartbeat\n\n"
+_LAST_CHUNK = b"0\r\n\r\n"
 # How long a server-ended stream may take to drain before the socket is aborted.
 _CLOSE_GRACE = 5.0
-
-
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
@@ -49,15 +59,6 @@ def query_values(query_string: str, name: str) -> list[str]:
     except UnicodeDecodeError:
         raise InvalidSubscription("query string is not UTF-8") from None
     return [value for key, value in pairs if key == name]
-
-
-def _last_event_id(request: web.BaseRequest) -> str | None:
-    """The standard ``Last-Event-ID`` header (browsers), else the ``lastEventId`` parameter."""
-    header = request.headers.get("Last-Event-ID")
-    if header:
-        return header
-    values = query_values(request.query_string, "lastEventId")
-    return values[0] if values and values[0] else None
 
 
 def encode_sse(event: Event) -> bytes:
@@ -82,51 +83,36 @@ def wants_sse(accept: str) -> bool:
     accept = accept.lower()
     if "text/event-stream" not in accept:
         return False
-    return any(
-        part.split(";", 1)[0].strip().lower() == "text/event-stream" for part in accept.split(",")
-    )
+    return any(part.split(";", 1)[0].strip() == "text/event-stream" for part in accept.split(","))
 
 
 class SSESubscriber:
-    """One SSE stream: its socket, what is queued for it, and how it ended."""
+    """One SSE stream as the hub sees it: its socket and what is queued for it.
+
+    ``close`` is the subclass's: the aiohttp path resolves a future its handler awaits, the
+    lean path ends the response on the socket itself.
+    """
 
     __slots__ = (
-        "_chunked",
-        "_goodbye",
-        "_hub",
-        "_limit",
-        "_metrics",
+        "_owner",
         "_pending",
+        "chunked",
         "close_reason",
-        "done",
         "encoder",
         "events_sent",
         "last_seq",
         "transport",
     )
 
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        *,
-        chunked: bool,
-        hub: Hub,
-        metrics: Metrics,
-        limit: int,
-        goodbye: bytes,
-    ) -> None:
+    def __init__(self, owner: SSETransport, transport: asyncio.Transport, chunked: bool) -> None:
+        self._owner = owner
         self.transport = transport
-        self._goodbye = _chunk(goodbye) if chunked else goodbye
+        self.chunked = chunked
         self.encoder: Encoder = encode_sse_chunked if chunked else encode_sse
-        self._chunked = chunked
         self.last_seq = 0
         self.events_sent = 0
         self._pending: list[bytes] = []
-        self._hub = hub
-        self._metrics = metrics
-        self._limit = limit
         self.close_reason = ""
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def push(self, data: bytes) -> SSESubscriber | None:
         pending = self._pending
@@ -136,38 +122,52 @@ class SSESubscriber:
 
     def push_comment(self, frame: bytes) -> None:
         """Queue a frame that is not an event (a heartbeat); flushed with the next batch."""
-        self._pending.append(_chunk(frame) if self._chunked else frame)
+        self._pending.append(_chunk(frame) if self.chunked else frame)
         if len(self._pending) == 1:
-            self._hub.mark_dirty(self)
+            self._owner.hub.mark_dirty(self)
 
     def flush(self) -> None:
         pending = self._pending
         if not pending:
             return
         transport = self.transport
-        if self.done.done() or transport.is_closing():
-            self._metrics.events_dropped += len(pending)
+        metrics = self._owner.metrics
+        if self.close_reason or transport.is_closing():
+            metrics.events_dropped += len(pending)
             pending.clear()
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         transport.write(data)
-        self._metrics.bytes_written += len(data)
+        metrics.bytes_written += len(data)
         # A client that does not read fills its buffer: cut it, never wait for it. It gets a
         # retry: frame after what it has not read yet, so it reconnects and resumes from history.
-        if transport.get_write_buffer_size() > self._limit:
-            transport.write(self._goodbye)
+        if transport.get_write_buffer_size() > self._owner.client_buffer:
+            transport.write(self._owner.goodbye(self.chunked))
             self.close("slow")
 
     def close(self, reason: str) -> None:
-        """End the stream (the handler returns and the response is finished); idempotent."""
+        """End the stream; idempotent."""
+        raise NotImplementedError
+
+
+class _HandlerSubscriber(SSESubscriber):
+    """A stream served by an aiohttp handler, which awaits ``done``."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, owner: SSETransport, transport: asyncio.Transport, chunked: bool) -> None:
+        super().__init__(owner, transport, chunked)
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def close(self, reason: str) -> None:
         if not self.done.done():
             self.close_reason = reason
             self.done.set_result(None)
 
 
 class SSETransport:
-    """Accepts SSE requests, registers their subscribers with the hub, and sends heartbeats."""
+    """Validates SSE requests, registers their subscribers with the hub, sends heartbeats."""
 
     def __init__(
         self,
@@ -179,15 +179,17 @@ class SSETransport:
         client_buffer: int,
         limits: LimitsConfig | None = None,
     ) -> None:
-        self._hub = hub
-        self._limits = limits or LimitsConfig()
+        self.hub = hub
+        self.metrics = metrics
+        self.client_buffer = client_buffer
+        self.limits = limits or LimitsConfig()
         self._config = config
         self._origin = origin
-        self._metrics = metrics
-        self._client_buffer = client_buffer
         self._subscribers: set[SSESubscriber] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._retry_frame = b"retry: %d\n\n" % config.retry_ms
+        self._goodbye = (self._retry_frame, _chunk(self._retry_frame))
+        self._date = ("", 0)
 
     def start(self) -> None:
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
@@ -198,7 +200,13 @@ class SSETransport:
             for sub in self._subscribers:
                 sub.push_comment(_HEARTBEAT)
 
-    def _headers(self) -> dict[str, str]:
+    # --- what every stream shares ----------------------------------------------------------
+
+    def goodbye(self, chunked: bool) -> bytes:
+        """The last frame of a stream the server ends: ``retry:``, so the client comes back."""
+        return self._goodbye[chunked]
+
+    def headers(self) -> dict[str, str]:
         headers = {
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
@@ -209,80 +217,115 @@ class SSETransport:
             headers["Access-Control-Allow-Origin"] = self._origin
         return headers
 
-    def requested_types(self, request: web.BaseRequest) -> tuple[str, ...]:
-        """The types named by the event query parameter; raise ``InvalidSubscription``."""
+    def response_head(self, http10: bool) -> bytes:
+        """Status line and headers of a stream served without aiohttp, plus the ``retry:``."""
+        now = int(time.time())
+        if self._date[1] != now:
+            self._date = (email.utils.formatdate(now, usegmt=True), now)
+        lines = [f"HTTP/1.{0 if http10 else 1} 200 OK", f"Date: {self._date[0]}"]
+        lines += [f"{k}: {v}" for k, v in self.headers().items()]
+        if not http10:
+            lines.append("Transfer-Encoding: chunked")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head + (self._retry_frame if http10 else _chunk(self._retry_frame))
+
+    def parse_request(
+        self, query_string: str, last_event_id: str | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        """The requested types and resume id; raise ``InvalidSubscription``."""
         name = self._config.event_query
-        values = query_values(request.query_string, name)
+        values = query_values(query_string, name)
         if not values:
             raise InvalidSubscription(f"missing query parameter {name!r}")
-        return parse_types(
+        types = parse_types(
             (t for value in values for t in split_types(value)),
-            max_types=self._limits.max_types,
-            max_length=self._limits.max_type_length,
+            max_types=self.limits.max_types,
+            max_length=self.limits.max_type_length,
         )
+        if not last_event_id:
+            resume = query_values(query_string, "lastEventId")
+            last_event_id = resume[0] if resume else None
+        return types, last_event_id or None
+
+    def at_capacity(self) -> bool:
+        return self.metrics.connection_count >= self.limits.max_connections
+
+    async def open_stream(
+        self, sub: SSESubscriber, types: tuple[str, ...], last_event_id: str | None
+    ) -> None:
+        """Count the stream and subscribe it, replaying what it missed first."""
+        self._subscribers.add(sub)
+        self.metrics.connection_opened("sse")
+        await self.hub.resume(sub, types, last_event_id)
+
+    def stream_ended(
+        self, sub: SSESubscriber, *, types: tuple[str, ...], started: float, remote: str, path: str
+    ) -> None:
+        """Unsubscribe, count and log a stream that is over, whoever ended it."""
+        self.hub.unsubscribe(sub)
+        self._subscribers.discard(sub)
+        reason = sub.close_reason or "client"
+        self.metrics.connection_closed("sse", reason)
+        if reason == "slow":
+            self.metrics.clients_dropped["slow"] += 1
+            log.warning(
+                "dropped a slow SSE client", extra={"remote": remote, "limit": self.client_buffer}
+            )
+        log_stream_end(
+            transport="sse",
+            remote=remote,
+            path=path,
+            types=types,
+            started=started,
+            events=sub.events_sent,
+            reason=reason,
+        )
+
+    # --- streams on connections aiohttp serves ------------------------------------------------
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         try:
-            types = self.requested_types(request)
-            last_event_id = _last_event_id(request)
+            types, last_event_id = self.parse_request(
+                request.query_string, request.headers.get("Last-Event-ID")
+            )
         except InvalidSubscription as exc:
             headers = {"Access-Control-Allow-Origin": self._origin} if self._origin else None
             log_request(request, 400, started)
             return web.Response(status=400, text=f"{exc}\n", headers=headers)
-        if self._metrics.connection_count >= self._limits.max_connections:
+        if self.at_capacity():
             log_request(request, 503, started)
             return web.Response(
                 status=503,
                 text="too many connections; retry later\n",
                 headers={"Retry-After": str(max(1, self._config.retry_ms // 1000))},
             )
-        response = web.StreamResponse(status=200, headers=self._headers())
+        response = web.StreamResponse(status=200, headers=self.headers())
         await response.prepare(request)
         transport = request.transport
         if transport is None:  # the client left before we answered
             return response
-        sub = SSESubscriber(
-            transport,
-            chunked=request.version >= HttpVersion11,
-            hub=self._hub,
-            metrics=self._metrics,
-            limit=self._client_buffer,
-            goodbye=self._retry_frame,
-        )
+        sub = _HandlerSubscriber(self, transport, request.version >= HttpVersion11)
         # Sent at once, so clients know they are subscribed before the first event.
         await response.write(self._retry_frame)
-        self._subscribers.add(sub)
-        self._metrics.connection_opened("sse")
         try:
-            await self._hub.resume(sub, types, last_event_id)
+            await self.open_stream(sub, types, last_event_id)
             await sub.done
         except asyncio.CancelledError:
             sub.close("client")
             raise
         finally:
-            self._hub.unsubscribe(sub)
-            self._subscribers.discard(sub)
-            self._metrics.connection_closed("sse", sub.close_reason or "client")
-            if sub.close_reason == "slow":
-                self._metrics.clients_dropped["slow"] += 1
-                log.warning(
-                    "dropped a slow SSE client",
-                    extra={"remote": remote_address(request), "limit": self._client_buffer},
-                )
-            if sub.close_reason:
+            self.stream_ended(
+                sub,
+                types=types,
+                started=started,
+                remote=remote_address(request),
+                path=request.path,
+            )
+            if sub.close_reason != "client":
                 # End the connection after this response; a client that never reads it is cut.
                 response.force_close()
                 asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
-            log_stream_end(
-                transport="sse",
-                remote=remote_address(request),
-                path=request.path,
-                types=types,
-                started=started,
-                events=sub.events_sent,
-                reason=sub.close_reason or "client",
-            )
         return response
 
     def preflight(self, request: web.BaseRequest) -> web.Response:
@@ -297,6 +340,8 @@ class SSETransport:
             headers["Access-Control-Allow-Origin"] = self._origin
         log_request(request, 204, time.monotonic())
         return web.Response(status=204, headers=headers)
+
+    # --- lifecycle ------------------------------------------------------------------------------
 
     def close_all(self, reason: str) -> None:
         """End every stream (shutdown)."""
@@ -313,3 +358,14 @@ class SSETransport:
     @property
     def stream_count(self) -> int:
         return len(self._subscribers)
+
+
+def end_stream(sub: SSESubscriber) -> None:
+    """Finish a lean stream's response on its socket: last chunk, close, abort if stuck."""
+    transport = sub.transport
+    if transport.is_closing():
+        return
+    if sub.chunked:
+        transport.write(_LAST_CHUNK)
+    transport.close()
+    asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
