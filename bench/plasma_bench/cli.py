@@ -57,6 +57,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--smoke", action="store_true", help="a few seconds, small counts (CI)")
     p.add_argument(
+        "--native-latency",
+        action="store_true",
+        help="only the fixed-rate SSE latency, measured by the C client in bench/native",
+    )
+    p.add_argument(
         "--against",
         choices=["nchan"],
         action="append",
@@ -363,8 +368,38 @@ def _write_json(out: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def _native(args: argparse.Namespace) -> int:
+    from plasma_bench.native import run_native_latency
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    if args.workers is not None:
+        env["PLASMA_WORKERS"] = str(args.workers)
+    result = run_native_latency(
+        rate=args.rate,
+        seconds=args.rate_seconds,
+        subscribers=args.rate_subscribers,
+        event_bytes=args.event_bytes,
+        env=env,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "native-latency.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    lat = result["latency_ms"]
+    print(
+        f"{result['connections']} SSE @ {result['rate']:g}/s for {result['seconds']:g}s "
+        f"(native client): p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, "
+        f"max {lat['max']} ms; server {result['server_cpu_s_per_M']} CPU-s/M, load generator "
+        f"{result['loadgen_cpu_s_per_M']} CPU-s/M; deliveries {result['deliveries']}/"
+        f"{result['expected']}, lost {result['lost']}, duplicated {result['duplicated']}, "
+        f"reordered {result['reordered']}\nwrote {path}"
+    )
+    return 0 if result["lost"] == 0 and result["reordered"] == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.native_latency:
+        return _native(args)
     results = asyncio.run(run(args))
     out: Path = args.out
     path = _write_json(out, results)

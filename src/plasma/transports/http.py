@@ -59,6 +59,7 @@ def create_http_server(
         handler_cancellation=True,
         access_log=None,
         logger=_protocol_log,
+        tcp_keepalive=False,  # the listener already set it on every connection
         # Also the time a client has to send a whole request: aiohttp closes a connection with
         # no complete request by then (the slow-loris bound).
         keepalive_timeout=limits.header_timeout,
