@@ -534,3 +534,39 @@ def test_http2_settings_announce_the_stream_and_frame_limits(redis_module: Redis
         assert settings[h2.settings.SettingCodes.MAX_FRAME_SIZE] == 32768
     finally:
         process.stop()
+
+
+async def test_grpc_streams_move_the_prometheus_series(
+    redis_module: RedisServer, server: PlasmaProcess, stubs: Any
+) -> None:
+    from tests.test_prometheus import scrape, value
+
+    before = scrape(server.url)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        call = await subscribe(ch, stubs, "prom")
+        during = scrape(server.url)
+        assert (
+            value(during, "plasma_connections", transport="grpc")
+            == value(before, "plasma_connections", transport="grpc") + 1
+        )
+        assert (
+            value(during, "plasma_connections_opened_total", transport="grpc")
+            == value(before, "plasma_connections_opened_total", transport="grpc") + 1
+        )
+        redis_module.publish("events", event("prom", 1))
+        assert (await next_payload(call)).data == "1"
+        after = scrape(server.url)
+        assert value(after, "plasma_events_delivered_total") > value(
+            before, "plasma_events_delivered_total"
+        )
+        assert value(after, "plasma_bytes_written_total") > value(
+            before, "plasma_bytes_written_total"
+        )
+        call.cancel()
+    wait_for(
+        lambda: (
+            value(scrape(server.url), "plasma_connections", transport="grpc")
+            == value(before, "plasma_connections", transport="grpc")
+        ),
+        what="the gRPC stream to close",
+    )
