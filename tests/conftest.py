@@ -35,6 +35,14 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_module() -> Iterator[RedisServer]:
+    """One redis-server shared by a module's tests (for modules that keep one plasma too)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def plasma() -> Iterator[Callable[..., PlasmaProcess]]:
     """``plasma(PLASMA_X="y", ...)`` starts a server and waits until its port accepts."""

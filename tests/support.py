@@ -27,6 +27,8 @@ import orjson
 import redis
 
 __all__ = [
+    "CHROMIUM",
+    "CHROMIUM_ARGS",
     "HTTPResult",
     "PlasmaProcess",
     "RawSSE",
@@ -38,6 +40,20 @@ __all__ = [
     "http",
     "post_event",
     "wait_for",
+]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+"""Debian's Chromium, installed by ./scripts/test."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # Without these Chromium dials out at start, and this machine's closed network refuses it.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 

@@ -9,20 +9,9 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from tests.support import PlasmaProcess, RedisServer
+from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, RedisServer
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium missing: ./scripts/test")

@@ -10,20 +10,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support import PlasmaProcess, free_port, post_event
+from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, free_port, post_event
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # Opens an EventSource and resolves once it is open; messages collect in window.got.
 OPEN_EVENT_SOURCE = """

@@ -112,13 +112,6 @@ def start_redis_plasma(redis_server: RedisServer, **env: str) -> PlasmaProcess:
 
 
 @pytest.fixture(scope="module")
-def redis_module() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def server(redis_module: RedisServer) -> Iterator[PlasmaProcess]:
     process = start_redis_plasma(redis_module)
     yield process

@@ -44,13 +44,6 @@ EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 @pytest.fixture(scope="module")
-def redis_module() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def server(redis_module: RedisServer) -> Iterator[PlasmaProcess]:
     process = start_redis_plasma(redis_module)
     yield process

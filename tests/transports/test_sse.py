@@ -26,24 +26,17 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def redis_mod() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def server(redis_mod: RedisServer) -> Iterator[PlasmaProcess]:
+def server(redis_module: RedisServer) -> Iterator[PlasmaProcess]:
     """Defaults, except: Redis source on channel ``events``, /debug enabled."""
     process = PlasmaProcess(
         env={
             "PLASMA_SUBSCRIBER_TYPE": "redis",
-            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_mod.addr,
+            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_module.addr,
             "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
             "PLASMA_DEBUG": "true",
         }
     ).start()
-    wait_for(lambda: redis_mod.numsub("events") > 0, what="plasma to subscribe")
+    wait_for(lambda: redis_module.numsub("events") > 0, what="plasma to subscribe")
     yield process
     process.stop()
 
@@ -77,11 +70,13 @@ async def open_ready(url: str, types: str, **kwargs: object) -> SSEStream:
 
 
 @pytest.mark.parametrize("path", ["/", "/events", "/some/deep/path", "/index.html"])
-async def test_any_path_streams(server: PlasmaProcess, redis_mod: RedisServer, path: str) -> None:
+async def test_any_path_streams(
+    server: PlasmaProcess, redis_module: RedisServer, path: str
+) -> None:
     t = unique()
     stream = await open_ready(server.url + path, t)
     try:
-        redis_mod.publish("events", {"meta": {"type": t}, "data": path})
+        redis_module.publish("events", {"meta": {"type": t}, "data": path})
         event = await stream.next_event()
         assert event.json() == {"meta": {"type": t}, "data": path}
     finally:
@@ -172,15 +167,15 @@ async def test_retry_comes_first_and_at_once(server: PlasmaProcess) -> None:
 
 
 async def test_frames_carry_id_and_compact_event(
-    server: PlasmaProcess, redis_mod: RedisServer
+    server: PlasmaProcess, redis_module: RedisServer
 ) -> None:
     t = unique()
     stream = await open_ready(server.url + "/", t)
     try:
-        redis_mod.publish(
+        redis_module.publish(
             "events", b'{ "meta": { "type": "%s:x" }, "data": { "a": [1, 2] } }' % t.encode()
         )
-        redis_mod.publish("events", b'{"meta":{"type":"%s"},"data":"str"}' % t.encode())
+        redis_module.publish("events", b'{"meta":{"type":"%s"},"data":"str"}' % t.encode())
         lines: list[bytes] = []
         async with asyncio.timeout(5):
             while sum(1 for line in lines if line.startswith(b"data:")) < 2 or lines[-1] != b"":
@@ -211,13 +206,15 @@ async def test_heartbeat_comment(custom: PlasmaProcess) -> None:
         await stream.close()
 
 
-async def test_several_types_comma_separated(server: PlasmaProcess, redis_mod: RedisServer) -> None:
+async def test_several_types_comma_separated(
+    server: PlasmaProcess, redis_module: RedisServer
+) -> None:
     t = unique()
     stream = await open_ready(server.url + "/", f"{t}:a, {t}:b:c")
     try:
         for suffix in ["a:1", "b:x", "b:c", "b:c:d", "c", "b", "a", "ab", "end"]:
-            redis_mod.publish("events", {"meta": {"type": f"{t}:{suffix}"}, "data": suffix})
-        redis_mod.publish("events", {"meta": {"type": f"{t}:a:end"}, "data": "end"})
+            redis_module.publish("events", {"meta": {"type": f"{t}:{suffix}"}, "data": suffix})
+        redis_module.publish("events", {"meta": {"type": f"{t}:a:end"}, "data": "end"})
         got = []
         while not got or got[-1] != "end":
             got.append((await stream.next_event()).json()["data"])
@@ -227,17 +224,17 @@ async def test_several_types_comma_separated(server: PlasmaProcess, redis_mod: R
 
 
 async def test_prefix_subscribers_each_get_the_event_once(
-    server: PlasmaProcess, redis_mod: RedisServer
+    server: PlasmaProcess, redis_module: RedisServer
 ) -> None:
     t = unique()
     end = f"{t}-end"  # not a segment of t: only those asking for it get it
     subscriptions = (t, f"{t}:1234", f"{t}:1234:views", f"{t},{t}:1234", f"{t}:12", f"{t}:1234:v")
     streams = [await open_ready(server.url + "/", f"{types},{end}") for types in subscriptions]
     try:
-        redis_mod.publish("events", {"meta": {"type": f"{t}:1234:views"}, "data": 1})
-        redis_mod.publish("events", {"meta": {"type": f"{t}:12:views"}, "data": 2})
-        redis_mod.publish("events", {"meta": {"type": f"{t}:1234:v"}, "data": 3})
-        redis_mod.publish("events", {"meta": {"type": end}, "data": "end"})
+        redis_module.publish("events", {"meta": {"type": f"{t}:1234:views"}, "data": 1})
+        redis_module.publish("events", {"meta": {"type": f"{t}:12:views"}, "data": 2})
+        redis_module.publish("events", {"meta": {"type": f"{t}:1234:v"}, "data": 3})
+        redis_module.publish("events", {"meta": {"type": end}, "data": "end"})
         got = []
         for stream in streams:
             frames = []
@@ -250,11 +247,11 @@ async def test_prefix_subscribers_each_get_the_event_once(
     assert got == [[1, 2, 3], [1, 3], [1], [1, 2, 3], [2], [3]]
 
 
-async def test_order_of_500_events(server: PlasmaProcess, redis_mod: RedisServer) -> None:
+async def test_order_of_500_events(server: PlasmaProcess, redis_module: RedisServer) -> None:
     t = unique()
     stream = await open_ready(server.url + "/", t)
     try:
-        with redis_mod.client() as client:
+        with redis_module.client() as client:
             pipe = client.pipeline(transaction=False)
             for n in range(500):
                 pipe.publish("events", orjson.dumps({"meta": {"type": f"{t}:{n % 7}"}, "data": n}))
@@ -266,7 +263,7 @@ async def test_order_of_500_events(server: PlasmaProcess, redis_mod: RedisServer
 
 
 async def test_2000_concurrent_clients_all_receive_an_event(
-    server: PlasmaProcess, redis_mod: RedisServer
+    server: PlasmaProcess, redis_module: RedisServer
 ) -> None:
     clients_n = 2000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -286,7 +283,7 @@ async def test_2000_concurrent_clients_all_receive_an_event(
         before = server.metrics()["connections"]
         assert before >= clients_n
         marker = unique("marker").encode()
-        redis_mod.publish("events", {"meta": {"type": f"{t}:3:x"}, "data": marker.decode()})
+        redis_module.publish("events", {"meta": {"type": f"{t}:3:x"}, "data": marker.decode()})
         results = await asyncio.gather(
             *(c.read_until(marker, timeout=30) for c in clients), return_exceptions=True
         )
@@ -334,7 +331,7 @@ async def test_stream_on_a_kept_alive_connection(custom: PlasmaProcess) -> None:
 
 
 async def test_http10_client_gets_an_unchunked_stream(
-    server: PlasmaProcess, redis_mod: RedisServer
+    server: PlasmaProcess, redis_module: RedisServer
 ) -> None:
     t = unique()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -344,7 +341,7 @@ async def test_http10_client_gets_an_unchunked_stream(
             head = await reader.readuntil(b"retry: 2000\n\n")
         assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
         assert b"chunked" not in head.lower()
-        redis_mod.publish("events", {"meta": {"type": t}, "data": 7})
+        redis_module.publish("events", {"meta": {"type": t}, "data": 7})
         async with asyncio.timeout(5):
             frame = await reader.readuntil(b"\n\n")
         assert frame.startswith(b"id: ")

@@ -18,23 +18,12 @@ import grpc
 import pytest
 import trustme
 
-from tests.support import PlasmaProcess, RedisServer, SSEStream
+from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, RedisServer, SSEStream
 from tests.transports.test_grpc import event, next_payload, start_redis_plasma, stubs, subscribe
 
 __all__ = ["stubs"]  # the session fixture, imported for this module's tests
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 class Certs:
