@@ -231,16 +231,21 @@ class Hub:
         if not buckets:
             return 0
         started = perf_counter()
-        encoded = event.encode
         dirty = self._dirty
         count = 0
+        # Subscribers of one transport share an encoder: look the bytes up only when it changes.
+        encoder: Encoder | None = None
+        data = b""
         for bucket in buckets:
             for sub in bucket:
                 # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
                 if sub.last_seq == seq:
                     continue
                 sub.last_seq = seq
-                target = sub.push(encoded(sub.encoder))
+                if sub.encoder is not encoder:
+                    encoder = sub.encoder
+                    data = event.encode(encoder)
+                target = sub.push(data)
                 if target is not None:
                     dirty.append(target)
                 count += 1

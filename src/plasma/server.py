@@ -208,12 +208,11 @@ class Server:
         self.ports.append(server.sockets[0].getsockname()[1])
 
     async def _run_source(self) -> None:
+        """Run the source; when it stops for any reason but shutdown, so does the server."""
         try:
             await self.source.run(self.hub)
         except SourceGaveUp:
-            raise
-        except asyncio.CancelledError:
-            raise
+            raise  # the die policy: run() re-raises it and the CLI exits 3
         except Exception:
             log.exception("source failed unexpectedly; stopping")
             raise
