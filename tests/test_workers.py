@@ -44,6 +44,15 @@ async def test_workers_share_the_port_restart_and_drain(
     for s in streams:
         assert (await s.next_event()).json()["data"] == 1
 
+    # /metrics on any worker speaks for the whole server (siblings share snapshots each second).
+    def whole_server() -> bool:
+        with urllib.request.urlopen(server.url + "/metrics", timeout=5) as r:
+            m = orjson.loads(r.read())
+        return bool(m["connections"] == 20 and m["events_delivered"] == 20)
+
+    for _ in range(6):  # several requests, so both workers answer at least once
+        wait_for(whole_server, what="metrics covering both workers")
+
     victim = min(seen)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(_worker_pids(server)) == 3, what="a replacement worker")
