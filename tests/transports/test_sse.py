@@ -360,3 +360,49 @@ async def test_debug_post_while_redis_is_down_is_503(
     assert result.status == 503
     assert b"redis" in result.body
     assert http(process.url + "/hc").status == 500
+
+
+def _head_fields(head: bytes) -> dict[str, str]:
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    fields.pop("date", None)
+    fields.pop("server", None)
+    return fields
+
+
+async def test_fresh_and_kept_alive_streams_answer_alike(custom: PlasmaProcess) -> None:
+    """The lean path (first request) and aiohttp (after a page load) send the same stream."""
+    t = unique()
+    request = (
+        f"GET /?topics={t} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+    fresh = await RawSSE.open(custom.port, f"/?topics={t}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", custom.port)
+    kept = RawSSE(reader, writer)
+    try:
+        writer.write(b"GET /hc HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await kept.read_until(b"OK\n")
+        kept.buffer = b""
+        writer.write(request)
+        for stream in (fresh, kept):
+            await stream.read_until(b"retry: 1234\n\n\r\n")
+        assert _head_fields(fresh.buffer) == _head_fields(kept.buffer)
+        assert _head_fields(fresh.buffer) == {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "connection": "keep-alive",
+            "x-accel-buffering": "no",
+            "access-control-allow-origin": "https://app.example",
+            "transfer-encoding": "chunked",
+        }
+        for stream in (fresh, kept):
+            assert stream.buffer.split(b"\r\n\r\n", 1)[1] == b"d\r\nretry: 1234\n\n\r\n"
+        post_event(custom.url, t, "both")
+        for stream in (fresh, kept):
+            await stream.read_until(b'"data":"both"}')
+    finally:
+        fresh.close()
+        kept.close()
