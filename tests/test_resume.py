@@ -200,3 +200,47 @@ async def test_stream_source_trimmed_history_sends_gap(
         assert gap.event == "gap"
     finally:
         await stream.close()
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["live", "resuming"])
+async def test_clients_that_leave_at_once_leave_nothing_behind(
+    redis_plasma: Callable[..., PlasmaProcess], redis_server: RedisServer, resume: bool
+) -> None:
+    """A request followed at once by a reset must not leave a subscriber in the hub."""
+    import socket
+    import struct
+
+    env = {
+        "PLASMA_SUBSCRIBER_TYPE": "redis-stream",
+        "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "gone",
+        "PLASMA_HISTORY_SIZE": "0",  # resuming asks Redis: the client leaves during the wait
+    }
+    server = redis_plasma(wait=False, **env)
+    server.wait_ready()
+    first_id = _xadd(redis_server, "gone", "g", 0)
+    header = f"Last-Event-ID: {first_id}\r\n" if resume else ""
+    request = (
+        f"GET /?eventType=g HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{header}\r\n"
+    ).encode()
+
+    def hit_and_run() -> None:
+        for _ in range(200):
+            with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.sendall(request)
+
+    await asyncio.to_thread(hit_and_run)
+    wait_for(lambda: server.metrics()["connections"] == 0, what="every stream to be released")
+    # And the hub still serves newcomers.
+    stream = await SSEStream.open(server.url + "/", "g")
+    try:
+        await stream.wait_retry()
+        await asyncio.sleep(0.3)
+        delivered = server.metrics()["events_delivered"]
+        _xadd(redis_server, "gone", "g", 1)
+        assert _numbers(await _collect(stream, 1)) == [1]
+        metrics = server.metrics()
+        assert metrics["connections"] == 1
+        assert metrics["events_delivered"] == delivered + 1, "a departed client still subscribed"
+    finally:
+        await stream.close()

@@ -250,13 +250,10 @@ class SSETransport:
     def at_capacity(self) -> bool:
         return self.metrics.connection_count >= self.limits.max_connections
 
-    async def open_stream(
-        self, sub: SSESubscriber, types: tuple[str, ...], last_event_id: str | None
-    ) -> None:
-        """Count the stream and subscribe it, replaying what it missed first."""
+    def begin_stream(self, sub: SSESubscriber) -> None:
+        """Count a stream whose response has started; ``stream_ended`` undoes it."""
         self._subscribers.add(sub)
         self.metrics.connection_opened("sse")
-        await self.hub.resume(sub, types, last_event_id)
 
     def stream_ended(
         self, sub: SSESubscriber, *, types: tuple[str, ...], started: float, remote: str, path: str
@@ -308,8 +305,9 @@ class SSETransport:
         sub = _HandlerSubscriber(self, transport, request.version >= HttpVersion11)
         # Sent at once, so clients know they are subscribed before the first event.
         await response.write(self._retry_frame)
+        self.begin_stream(sub)
         try:
-            await self.open_stream(sub, types, last_event_id)
+            await self.hub.resume(sub, types, last_event_id)
             await sub.done
         except asyncio.CancelledError:
             sub.close("client")

@@ -14,6 +14,7 @@ so every error answer and every other endpoint has a single implementation.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import cast
@@ -30,6 +31,8 @@ from plasma.transports.sse import (
 )
 
 __all__ = ["SSEConnection"]
+
+log = logging.getLogger("plasma.transports.sse")
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -53,6 +56,7 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         "_parser",
         "_path",
         "_remote",
+        "_resume",
         "_started",
         "_timer",
         "_types",
@@ -73,6 +77,7 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         self._started = 0.0
         self._path = ""
         self._remote = ""
+        self._resume: asyncio.Task[bool] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -96,6 +101,8 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._resume is not None:
+            self._resume.cancel()
         if self._parser is None and self._types:
             self.close_reason = self.close_reason or "client"
             self._owner.stream_ended(
@@ -164,7 +171,20 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
             self.chunked = False
             self.encoder = encode_sse
         self.transport.write(owner.response_head(http10))
-        asyncio.get_running_loop().create_task(owner.open_stream(self, types, last_event_id))
+        owner.begin_stream(self)
+        if last_event_id is None:
+            owner.hub.subscribe(self, types)
+            return
+        # Resuming may wait for the source's archive; a client that leaves meanwhile cancels it.
+        task = asyncio.get_running_loop().create_task(owner.hub.resume(self, types, last_event_id))
+        self._resume = task
+        task.add_done_callback(self._resumed)
+
+    def _resumed(self, task: asyncio.Task[bool]) -> None:
+        self._resume = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("resuming an SSE stream failed", exc_info=task.exception())
+            self.close("error")
 
     def _hand_over(self) -> None:
         self._cancel_timer()
