@@ -276,3 +276,23 @@ def test_metrics_line_is_one_compact_json_object() -> None:
     assert data["connections"] == 0
     assert data["event_fanout_seconds"] == {"count": 1, "sum": 0.5}
     assert "processes" not in data
+
+
+def test_runtime_snapshot_keeps_the_original_runtime_neutral_keys() -> None:
+    """Dashboards built on the original read these keys; Go-only ones get Python siblings."""
+    import gc
+
+    from plasma.metrics import runtime_snapshot
+
+    gc.collect()
+    snapshot = runtime_snapshot()
+    neutral = [
+        "cpu_num", "memory_alloc", "memory_total_alloc", "memory_sys", "memory_lookups",
+        "memory_mallocs", "memory_frees", "memory_stack", "heap_alloc", "heap_sys", "heap_idle",
+        "heap_inuse", "heap_released", "heap_objects", "gc_next", "gc_last", "gc_num",
+        "gc_per_second", "gc_pause_per_second", "gc_pause",
+    ]  # fmt: skip
+    assert [k for k in neutral if k not in snapshot] == []
+    assert snapshot["memory_sys"] > 0 and snapshot["heap_objects"] > 0
+    assert snapshot["gc_last"] > 0 and snapshot["gc_pause"], "gc.collect() above was timed"
+    assert {"python_version", "os", "arch", "thread_num"} <= snapshot.keys()

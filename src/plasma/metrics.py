@@ -8,6 +8,7 @@ several worker processes are summed with ``merge_snapshots`` into one for the wh
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import platform
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -179,10 +180,10 @@ _SAME = frozenset(
 """Figures every process shares: kept when all agree, ``None`` when they differ."""
 _MIN = frozenset({"source_up", "started", "process_start_time_seconds"})
 """``source_up`` is 1 only when every worker's source is up; start times take the earliest."""
-_MAX = frozenset({"uptime_seconds"})
+_MAX = frozenset({"uptime_seconds", "gc_last"})
 _FIRST = frozenset({"pid"})
 """The answering process's own pid: callers put their own snapshot first."""
-_CONCAT = frozenset({"processes"})
+_CONCAT = frozenset({"processes", "gc_pause"})
 
 
 def merge_snapshots(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
@@ -253,8 +254,67 @@ def _sum_lists(lists: Iterable[list[Any]]) -> list[Any]:
 
 # --- runtime figures ---------------------------------------------------------------------------
 
-_last_gc: dict[str, float] = {"time": time.monotonic(), "collections": 0.0}
+_last_gc: dict[str, float] = {"time": time.monotonic(), "collections": 0.0, "paused": 0.0}
 _process = ProcessCollector(registry=None)
+
+
+class _GCWatch:
+    """Times every cyclic-GC pass (``gc.callbacks``): Go's PauseNs and LastGC, for Python."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.last_end_ns = 0
+        self.paused = 0.0
+        self.pauses: deque[float] = deque(maxlen=256)
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self.started
+        self.paused += pause
+        self.pauses.append(pause)
+        self.last_end_ns = time.time_ns()
+
+
+_gc_watch = _GCWatch()
+gc.callbacks.append(_gc_watch)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd",
+            "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def _malloc_figures() -> dict[str, int | None]:
+    """glibc's allocator figures (``mallinfo2``): Python's heap as the C allocator sees it."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return {"in_use": None, "free": None, "system": None}
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return {
+        "in_use": int(info.uordblks + info.hblkhd),
+        "free": int(info.fordblks),
+        "system": int(info.arena + info.hblkhd),
+    }
+
+
+def _stack_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmStk:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def runtime_snapshot() -> dict[str, Any]:
@@ -265,7 +325,10 @@ def runtime_snapshot() -> dict[str, Any]:
     now = time.monotonic()
     elapsed = max(now - _last_gc["time"], 1e-9)
     gc_per_second = (collections - _last_gc["collections"]) / elapsed
-    _last_gc.update(time=now, collections=collections)
+    pause_per_second = (_gc_watch.paused - _last_gc["paused"]) / elapsed
+    _last_gc.update(time=now, collections=collections, paused=_gc_watch.paused)
+    heap = _malloc_figures()
+    threshold, count = gc.get_threshold()[0], gc.get_count()[0]
     return {
         "python_version": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -278,8 +341,27 @@ def runtime_snapshot() -> dict[str, Any]:
         "memory_max_rss": usage.ru_maxrss * 1024,
         "cpu_user_seconds": usage.ru_utime,
         "cpu_system_seconds": usage.ru_stime,
+        # The original's runtime-neutral keys, with CPython's nearest measure; null where
+        # CPython keeps no such figure (cumulative allocation counts, memory returned to the OS).
+        "memory_alloc": heap["in_use"],
+        "memory_total_alloc": None,
+        "memory_sys": _rss_bytes(),
+        "memory_lookups": 0,
+        "memory_mallocs": None,
+        "memory_frees": None,
+        "memory_stack": _stack_bytes(),
+        "heap_alloc": heap["in_use"],
+        "heap_sys": heap["system"],
+        "heap_idle": heap["free"],
+        "heap_inuse": heap["in_use"],
+        "heap_released": None,
+        "heap_objects": sys.getallocatedblocks(),
+        "gc_next": max(0, threshold - count),
+        "gc_last": _gc_watch.last_end_ns,
         "gc_num": collections,
         "gc_per_second": round(gc_per_second, 3),
+        "gc_pause_per_second": round(pause_per_second, 6),
+        "gc_pause": [round(p * 1000, 4) for p in _gc_watch.pauses],
         "gc_generations": [s["collections"] for s in stats],
         "gc_counts": list(gc.get_count()),
         "open_fds": _open_fds(),
