@@ -34,6 +34,9 @@ EXIT_SOURCE_GAVE_UP = 3
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _DRAIN_TIMEOUT = 10.0
 _RESTART_DELAY = 0.5
+_MAX_RESTART_DELAY = 30.0
+# A worker that dies sooner than this after starting doubles the next restart delay.
+_CRASH_LOOP_WINDOW = 10.0
 
 
 def worker_count(config: Config) -> int:
@@ -76,6 +79,8 @@ class _Supervisor:
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
         self.exit_code = 0
+        self.started_at: dict[int, float] = {}
+        self.delays: dict[int, float] = {}
 
     def spawn(self, worker_id: int) -> None:
         process = self.context.Process(
@@ -86,6 +91,7 @@ class _Supervisor:
         )
         process.start()
         self.workers[worker_id] = process
+        self.started_at[worker_id] = time.monotonic()
         log.info("worker started", extra={"worker": worker_id, "pid": process.pid})
 
     def request_stop(self, signum: int, _frame: object) -> None:
@@ -121,12 +127,25 @@ class _Supervisor:
             self.exit_code = code or 1
             self.stopping = True
             return
+        # A worker that keeps dying at start is restarted ever more slowly, not in a tight loop.
+        lived = time.monotonic() - self.started_at.get(worker_id, 0.0)
+        delay = self.delays.get(worker_id, _RESTART_DELAY)
+        delay = min(delay * 2, _MAX_RESTART_DELAY) if lived < _CRASH_LOOP_WINDOW else _RESTART_DELAY
+        self.delays[worker_id] = delay
         log.error(
             "worker died; restarting it",
-            extra={"worker": worker_id, "pid": process.pid, "exit_code": code},
+            extra={
+                "worker": worker_id,
+                "pid": process.pid,
+                "exit_code": code,
+                "restart_in_seconds": delay,
+            },
         )
-        time.sleep(_RESTART_DELAY)
-        self.spawn(worker_id)
+        deadline = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.1)  # a stop signal during a long back-off is honoured at once
+        if not self.stopping:
+            self.spawn(worker_id)
 
     def _drain(self) -> None:
         for process in self.workers.values():
