@@ -73,3 +73,39 @@ async def test_workers_share_the_port_restart_and_drain(
     for pid in _worker_pids(server):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_ever_more_slowly(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    server = plasma(PLASMA_WORKERS="2")
+    delays = []
+    for round_ in range(3):
+        wait_for(lambda r=round_: len(_worker_pids(server)) == 2 + r, what="a (new) worker")
+        newest = max(
+            (line for line in server.log_lines() if line.get("msg") == "worker started"),
+            key=lambda line: line["time"],
+        )
+        wait_for(lambda: _serving(server), what="workers serving")
+        os.kill(newest["pid"], signal.SIGKILL)
+        line = wait_for(
+            lambda p=newest["pid"]: next(
+                (
+                    line
+                    for line in server.log_lines()
+                    if line.get("msg") == "worker died; restarting it" and line.get("pid") == p
+                ),
+                None,
+            ),
+            what="the restart line",
+        )
+        delays.append(line["restart_in_seconds"])
+    assert delays == sorted(delays) and delays[-1] > delays[0], delays
+    assert server.stop() == 0
+
+
+def _serving(server: PlasmaProcess) -> bool:
+    try:
+        return _metrics_pid(server.url) > 0
+    except OSError:
+        return False
