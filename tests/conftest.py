@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.support import PlasmaProcess, RedisServer, wait_for
+from tests.support import PlasmaProcess, RedisServer, redis_env, wait_subscribed
 
 # Property tests: a few hundred examples in the normal suite; `--hypothesis-profile=fuzz` is
 # the long fuzz run (see tests/test_fuzz.py).
@@ -66,17 +66,10 @@ def redis_plasma(
     """Like ``plasma`` but reading channel ``events`` of the test's redis-server by default."""
 
     def start(wait: bool = True, **env: str) -> PlasmaProcess:
-        base = {
-            "PLASMA_SUBSCRIBER_TYPE": "redis",
-            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_server.addr,
-            "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
-            "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
-        }
-        base.update(env)
-        process = plasma(wait=wait, **base)
+        settings = redis_env(redis_server, **env)
+        process = plasma(wait=wait, **settings)
         if wait:
-            channel = base["PLASMA_SUBSCRIBER_REDIS_CHANNELS"].split(",")[0]
-            wait_for(lambda: redis_server.numsub(channel) > 0, what="plasma to subscribe")
+            wait_subscribed(redis_server, settings)
         return process
 
     return start

@@ -39,7 +39,10 @@ __all__ = [
     "free_port",
     "http",
     "post_event",
+    "redis_env",
+    "start_redis_plasma",
     "wait_for",
+    "wait_subscribed",
 ]
 
 
@@ -251,6 +254,32 @@ class PlasmaProcess:
 
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
             return dict(orjson.loads(r.read()))
+
+
+def redis_env(redis_server: RedisServer, **env: str) -> dict[str, str]:
+    """Settings for a plasma reading channel ``events`` of ``redis_server``, plus ``env``."""
+    return {
+        "PLASMA_SUBSCRIBER_TYPE": "redis",
+        "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_server.addr,
+        "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
+        "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
+        **env,
+    }
+
+
+def wait_subscribed(redis_server: RedisServer, env: Mapping[str, str]) -> None:
+    """Wait until plasma has subscribed to its first channel (pub/sub sources only)."""
+    if env.get("PLASMA_SUBSCRIBER_TYPE") == "redis":
+        channel = env["PLASMA_SUBSCRIBER_REDIS_CHANNELS"].split(",")[0]
+        wait_for(lambda: redis_server.numsub(channel) > 0, what="plasma to subscribe")
+
+
+def start_redis_plasma(redis_server: RedisServer, **env: str) -> PlasmaProcess:
+    """A plasma on ``redis_server`` (see ``redis_env``), started and subscribed."""
+    settings = redis_env(redis_server, **env)
+    process = PlasmaProcess(env=settings).start()
+    wait_subscribed(redis_server, settings)
+    return process
 
 
 @dataclass

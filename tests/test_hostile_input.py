@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import orjson
 import pytest
 
-from tests.support import PlasmaProcess, RedisServer, SSEStream, wait_for
+from tests.support import PlasmaProcess, RedisServer, SSEStream, start_redis_plasma, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -50,29 +50,22 @@ def sse_request(query: str, extra: str = "") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(redis_module: RedisServer) -> RedisServer:
     """One redis-server for the module: these tests abuse plasma, not Redis."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
+    return redis_module
 
 
 @pytest.fixture(scope="module")
 def server(redis_server: RedisServer) -> Iterator[PlasmaProcess]:
     """One plasma for the module: every test also checks it still serves afterwards."""
-    process = PlasmaProcess(
-        env={
-            "PLASMA_SUBSCRIBER_TYPE": "redis",
-            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_server.addr,
-            "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
-            "PLASMA_HEADER_TIMEOUT": "1s",
-            "PLASMA_MAX_TYPES": "4",
-            "PLASMA_MAX_TYPE_LENGTH": "32",
-            "PLASMA_MAX_EVENT_SIZE": "4096",
-            "PLASMA_ORIGIN": "https://app.example",
-        }
-    ).start()
-    wait_for(lambda: redis_server.numsub("events") > 0, what="plasma to subscribe")
+    process = start_redis_plasma(
+        redis_server,
+        PLASMA_HEADER_TIMEOUT="1s",
+        PLASMA_MAX_TYPES="4",
+        PLASMA_MAX_TYPE_LENGTH="32",
+        PLASMA_MAX_EVENT_SIZE="4096",
+        PLASMA_ORIGIN="https://app.example",
+    )
     yield process
     assert process.stop() == 0
 

@@ -64,19 +64,9 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             if not b:
                 continue
             out.append(
-                [
-                    t,
-                    f"SSE burst {b['events']} ev x{b['repeats']}",
-                    f"{lvl['subscribers']:,}",
-                    f"{lvl['connect']['seconds']}s",
-                    _fmt(round(lvl["rss_per_connection_bytes"] / 1024, 2)),
-                    _fmt(b["deliveries_per_s"], ","),
-                    _fmt(b["server_cpu_s_per_M"]),
-                    _fmt(b["loadgen_cpu_s_per_M"]),
-                    "-",
-                    _errs(b),
-                    _other(b),
-                ]
+                _burst_row(
+                    t, "SSE", b, lvl["subscribers"], lvl["connect"], lvl["rss_per_connection_bytes"]
+                )
             )
         r = sweep.get("rate")
         if r:
@@ -88,19 +78,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
             else:
                 b = g["burst"]
                 out.append(
-                    [
-                        t,
-                        f"gRPC burst {b['events']} ev x{b['repeats']}",
-                        f"{g['streams']:,}",
-                        f"{g['connect']['seconds']}s",
-                        _fmt(round(g["rss_per_stream_bytes"] / 1024, 2)),
-                        _fmt(b["deliveries_per_s"], ","),
-                        _fmt(b["server_cpu_s_per_M"]),
-                        _fmt(b["loadgen_cpu_s_per_M"]),
-                        "-",
-                        _errs(b),
-                        _other(b),
-                    ]
+                    _burst_row(t, "gRPC", b, g["streams"], g["connect"], g["rss_per_stream_bytes"])
                 )
                 if g.get("rate"):
                     out.append(_rate_row(t, "gRPC", g["rate"]))
@@ -110,6 +88,30 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
 def _other(d: dict[str, Any] | None) -> str:
     v = (d or {}).get("other_load_cores")
     return "-" if v is None else f"{v:.2f} cores"
+
+
+def _burst_row(
+    target: str,
+    kind: str,
+    b: dict[str, Any],
+    subscribers: int,
+    connect: dict[str, Any],
+    rss_bytes: float,
+) -> list[str]:
+    """One table row for a burst phase of SSE or gRPC subscribers."""
+    return [
+        target,
+        f"{kind} burst {b['events']} ev x{b['repeats']}",
+        f"{subscribers:,}",
+        f"{connect['seconds']}s",
+        _fmt(round(rss_bytes / 1024, 2)),
+        _fmt(b["deliveries_per_s"], ","),
+        _fmt(b["server_cpu_s_per_M"]),
+        _fmt(b["loadgen_cpu_s_per_M"]),
+        "-",
+        _errs(b),
+        _other(b),
+    ]
 
 
 def _rate_row(target: str, kind: str, r: dict[str, Any]) -> list[str]:

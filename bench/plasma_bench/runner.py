@@ -271,15 +271,7 @@ class TargetRun:
         return {
             "subscribers": conns,
             "events": count,
-            "expected": conns * count,
-            "deliveries": delivered,
-            "complete": done,
-            "lost": got["lost"],
-            "duplicated": got["duplicated"],
-            "reordered": got["reordered"],
-            "stale": got["stale"],
-            "strict_errors": got["strict_errors"],
-            "lost_connections": got["lost_connections"],
+            **_delivery_check(got, conns * count, delivered, done),
             "seconds": round(seconds, 4),
             "deliveries_per_s": round(delivered / seconds),
             "first_delivery_ms": round((got["first_ns"] - t0) / 1e6, 2)
@@ -328,15 +320,7 @@ class TargetRun:
             "events": count,
             "publish_seconds": round(publish_seconds, 3),
             "publisher_late": late,
-            "expected": conns * count,
-            "deliveries": delivered,
-            "complete": done,
-            "lost": got["lost"],
-            "duplicated": got["duplicated"],
-            "reordered": got["reordered"],
-            "stale": got["stale"],
-            "strict_errors": got["strict_errors"],
-            "lost_connections": got["lost_connections"],
+            **_delivery_check(got, conns * count, delivered, done),
             "latency_ms": {
                 "p50": round(_percentile(lat, 0.50) / ms, 3),
                 "p90": round(_percentile(lat, 0.90) / ms, 3),
@@ -535,3 +519,20 @@ class TargetRun:
                 result[name] = {"error": repr(exc), "traceback": traceback.format_exc()}
             save(result)
         return result
+
+
+def _delivery_check(
+    got: dict[str, Any], expected: int, delivered: int, done: bool
+) -> dict[str, Any]:
+    """What every phase reports about completeness: loss, duplicates, order, errors."""
+    return {
+        "expected": expected,
+        "deliveries": delivered,
+        "complete": done,
+        **{
+            key: got[key]
+            for key in (
+                "lost", "duplicated", "reordered", "stale", "strict_errors", "lost_connections",
+            )
+        },
+    }  # fmt: skip

@@ -23,7 +23,14 @@ import pytest
 from plasma.events import Event
 from plasma.transports import grpc_proto
 from plasma.transports.grpc import encode_payload
-from tests.support import PlasmaProcess, RedisServer, SSEStream, async_wait_for, wait_for
+from tests.support import (
+    PlasmaProcess,
+    RedisServer,
+    SSEStream,
+    async_wait_for,
+    start_redis_plasma,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -93,19 +100,6 @@ async def subscribe(
     call = stubs.grpc.StreamServiceStub(channel).Events(request(stubs, *types, **kw))
     await asyncio.wait_for(call.initial_metadata(), 5)
     return call
-
-
-def start_redis_plasma(redis_server: RedisServer, **env: str) -> PlasmaProcess:
-    base = {
-        "PLASMA_SUBSCRIBER_TYPE": "redis",
-        "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_server.addr,
-        "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
-        "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
-        **env,
-    }
-    process = PlasmaProcess(env=base).start()
-    wait_for(lambda: redis_server.numsub("events") > 0, what="plasma to subscribe")
-    return process
 
 
 # --- fixtures for this module ------------------------------------------------------------------

@@ -23,13 +23,19 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from plasma.transports import grpc_proto
-from tests.support import PlasmaProcess, RedisServer, free_port, http, wait_for
+from tests.support import (
+    PlasmaProcess,
+    RedisServer,
+    free_port,
+    http,
+    start_redis_plasma,
+    wait_for,
+)
 from tests.transports.test_grpc import (
     PROTO_DIR,
     event,
     next_payload,
     request,
-    start_redis_plasma,
     stubs,
     subscribe,
 )

@@ -19,7 +19,7 @@ from tests.support import (
     async_wait_for,
     http,
     post_event,
-    wait_for,
+    start_redis_plasma,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,15 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(redis_module: RedisServer) -> Iterator[PlasmaProcess]:
     """Defaults, except: Redis source on channel ``events``, /debug enabled."""
-    process = PlasmaProcess(
-        env={
-            "PLASMA_SUBSCRIBER_TYPE": "redis",
-            "PLASMA_SUBSCRIBER_REDIS_ADDR": redis_module.addr,
-            "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "events",
-            "PLASMA_DEBUG": "true",
-        }
-    ).start()
-    wait_for(lambda: redis_module.numsub("events") > 0, what="plasma to subscribe")
+    process = start_redis_plasma(redis_module, PLASMA_DEBUG="true")
     yield process
     process.stop()
 

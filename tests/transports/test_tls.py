@@ -18,8 +18,15 @@ import grpc
 import pytest
 import trustme
 
-from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, RedisServer, SSEStream
-from tests.transports.test_grpc import event, next_payload, start_redis_plasma, stubs, subscribe
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PlasmaProcess,
+    RedisServer,
+    SSEStream,
+    start_redis_plasma,
+)
+from tests.transports.test_grpc import event, next_payload, stubs, subscribe
 
 __all__ = ["stubs"]  # the session fixture, imported for this module's tests
 
