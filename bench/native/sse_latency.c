@@ -3,12 +3,21 @@
  *
  * A Python client costs ~10 us per delivery when events are spaced (one wake-up and one read
  * per event per connection), so on 2 cores it, not the server, decides the latency. This one
- * costs ~1-2 us: one epoll loop, fixed buffers, and a scan for the bench event's "s" (sequence)
- * and "t" (publish time, ns since EPOCH_NS) fields in each data: line.
+ * is one epoll loop with fixed buffers that scans each data: line for the bench event's "s"
+ * (sequence) and "t" (publish time, ns since EPOCH_NS) fields.
  *
- * usage: sse_latency HOST PORT CONNS EVENT_TYPE EPOCH_NS FIRST_SEQ COUNT TIMEOUT_S
- * Prints "ready" once every connection has its retry: line, then one JSON line at the end:
+ * usage: sse_latency HOST PORT CONNS PATH EPOCH_NS FIRST_SEQ COUNT TIMEOUT_S
+ * PATH is the subscription, e.g. "/?eventType=bench" (plasma) or "/sub?eventType=bench" (Nchan).
+ * Prints "ready" once every connection has its 200 response head, then one JSON line at the end:
  * deliveries, lost/duplicated/reordered counts, latency percentiles in ms, own CPU seconds.
+ *
+ * Two latencies are kept for every delivery:
+ * - "latency_ms": publish time to the moment this client's read returned;
+ * - "arrival_ms": publish time to the moment the kernel queued the bytes on this client's
+ *   socket (SO_TIMESTAMPNS), i.e. when the server's write handed them over; this one does
+ *   not depend on how soon the client got to read.
+ * With SSE_LATENCY_DUMP=FILE in the environment, every delivery is also written to FILE
+ * as "sequence connection publish_ns arrival_ns read_ns" (ns since EPOCH_NS), for analysis.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -21,19 +30,30 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #define BUF 65536
+#define BATCH 256
 
 struct conn {
     int fd;
-    int ready;             /* saw "retry:" */
+    int ready;             /* saw the 200 response head */
     long long next;        /* next expected sequence number */
     long long got, dup, reorder;
     size_t len;
     char buf[BUF];
 };
+
+/* What every read adds to. */
+static struct {
+    long long epoch, first, count;
+    long long *lat, *arr, nlat, cap;
+    long long ready, done_conns;
+    FILE *dump;
+    struct conn *conns;
+} run;
 
 static long long now_ns(void) {
     struct timespec ts;
@@ -52,15 +72,86 @@ static long long field(const char *line, const char *end, const char *name) {
     return strtoll(p + strlen(name), NULL, 10);
 }
 
+/* Read what one connection has and account for every complete event in it. */
+static void on_readable(int ep, struct conn *c) {
+    struct iovec iov = {.iov_base = c->buf + c->len, .iov_len = BUF - 1 - c->len};
+    union {
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control.space, .msg_controllen = sizeof control.space};
+    ssize_t r = recvmsg(c->fd, &msg, 0);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        return;
+    }
+    long long t_recv = now_ns(), t_arrival = t_recv;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            t_arrival = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+    c->len += r;
+    c->buf[c->len] = 0;
+    char *p = c->buf, *end = c->buf + c->len;
+    if (!c->ready) {
+        char *head_end = strstr(p, "\r\n\r\n");
+        if (!head_end) return;
+        if (strncmp(p, "HTTP/1.1 200", 12) != 0) {
+            fprintf(stderr, "subscription refused: %.*s\n", (int)(strcspn(p, "\r")), p);
+            exit(1);
+        }
+        c->ready = 1;
+        run.ready++;
+        p = head_end + 4;
+    }
+    /* Consume every complete line; keep a partial one for the next read. */
+    char *nl;
+    while ((nl = memchr(p, '\n', end - p)) != NULL) {
+        if (nl - p > 6 && memcmp(p, "data: ", 6) == 0) {
+            long long s = field(p, nl, "\"s\":"), t = field(p, nl, "\"t\":");
+            if (s >= 0 && t >= 0) {
+                if (s == c->next) {
+                    c->next++;
+                    c->got++;
+                    if (run.nlat < run.cap) {
+                        run.arr[run.nlat] = t_arrival - run.epoch - t;
+                        run.lat[run.nlat++] = t_recv - run.epoch - t;
+                        if (run.dump)
+                            fprintf(run.dump, "%lld %ld %lld %lld %lld\n", s, (long)(c - run.conns),
+                                    t, t_arrival - run.epoch, t_recv - run.epoch);
+                    }
+                    if (c->next == run.first + run.count) run.done_conns++;
+                } else if (s < c->next) {
+                    c->dup++;
+                } else {
+                    c->reorder++;
+                    c->next = s + 1;
+                }
+            }
+        }
+        p = nl + 1;
+    }
+    c->len = end - p;
+    memmove(c->buf, p, c->len);
+}
+
 int main(int argc, char **argv) {
     if (argc != 9) {
-        fprintf(stderr, "usage: %s HOST PORT CONNS TYPE EPOCH_NS FIRST_SEQ COUNT TIMEOUT_S\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT CONNS PATH EPOCH_NS FIRST_SEQ COUNT TIMEOUT_S\n",
+                argv[0]);
         return 2;
     }
     const char *host = argv[1];
     int port = atoi(argv[2]), n = atoi(argv[3]);
-    const char *type = argv[4];
-    long long epoch = atoll(argv[5]), first = atoll(argv[6]), count = atoll(argv[7]);
+    const char *path = argv[4];
+    run.epoch = atoll(argv[5]);
+    run.first = atoll(argv[6]);
+    run.count = atoll(argv[7]);
     double timeout = atof(argv[8]);
 
     struct rlimit rl;
@@ -69,12 +160,19 @@ int main(int argc, char **argv) {
     setrlimit(RLIMIT_NOFILE, &rl);
 
     struct conn *conns = calloc(n, sizeof *conns);
-    long long cap = (long long)n * count, nlat = 0;
-    long long *lat = malloc(sizeof(long long) * (cap ? cap : 1));
+    run.conns = conns;
+    const char *dump = getenv("SSE_LATENCY_DUMP");
+    if (dump && !(run.dump = fopen(dump, "w"))) {
+        perror(dump);
+        return 2;
+    }
+    run.cap = (long long)n * run.count;
+    run.lat = malloc(sizeof(long long) * (run.cap ? run.cap : 1));
+    run.arr = malloc(sizeof(long long) * (run.cap ? run.cap : 1));
     int ep = epoll_create1(0);
     char req[512];
     int reqlen = snprintf(req, sizeof req,
-        "GET /?eventType=%s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", type, host);
+        "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, host);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
 
@@ -86,85 +184,52 @@ int main(int argc, char **argv) {
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         if (write(fd, req, reqlen) != reqlen) { perror("write"); return 1; }
         conns[i].fd = fd;
-        conns[i].next = first;
+        conns[i].next = run.first;
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (unsigned)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
 
-    int ready = 0, announced = 0;
-    long long done_conns = 0, deadline = 0;
-    struct epoll_event events[256];
+    int announced = 0;
+    long long deadline = 0;
+    struct epoll_event events[BATCH];
     for (;;) {
-        if (announced && !deadline) deadline = now_ns() + (long long)(timeout * 1e9);
-        if (deadline && now_ns() > deadline) break;
-        int k = epoll_wait(ep, events, 256, 100);
-        for (int e = 0; e < k; e++) {
-            struct conn *c = &conns[events[e].data.u32];
-            ssize_t r = read(c->fd, c->buf + c->len, BUF - 1 - c->len);
-            if (r <= 0) {
-                if (r < 0 && errno == EAGAIN) continue;
-                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-                continue;
-            }
-            long long t_recv = now_ns();
-            c->len += r;
-            c->buf[c->len] = 0;
-            char *p = c->buf, *end = c->buf + c->len;
-            if (!c->ready) {
-                char *q = strstr(p, "retry:");
-                if (!q) continue;
-                c->ready = 1;
-                ready++;
-            }
-            /* Consume every complete line; keep a partial one for the next read. */
-            char *nl;
-            while ((nl = memchr(p, '\n', end - p)) != NULL) {
-                if (nl - p > 6 && memcmp(p, "data: ", 6) == 0) {
-                    long long s = field(p, nl, "\"s\":"), t = field(p, nl, "\"t\":");
-                    if (s >= 0 && t >= 0) {
-                        if (s == c->next) {
-                            c->next++;
-                            c->got++;
-                            if (nlat < cap) lat[nlat++] = t_recv - epoch - t;
-                            if (c->next == first + count) done_conns++;
-                        } else if (s < c->next) {
-                            c->dup++;
-                        } else {
-                            c->reorder++;
-                            c->next = s + 1;
-                        }
-                    }
-                }
-                p = nl + 1;
-            }
-            c->len = end - p;
-            memmove(c->buf, p, c->len);
-        }
-        if (!announced && ready == n) {
+        long long now = now_ns();
+        if (announced && !deadline) deadline = now + (long long)(timeout * 1e9);
+        if (deadline && now > deadline) break;
+        int k = epoll_wait(ep, events, BATCH, 100);
+        for (int e = 0; e < k; e++) on_readable(ep, &conns[events[e].data.u32]);
+        if (!announced && run.ready == n) {
             printf("ready\n");
             fflush(stdout);
             announced = 1;
         }
-        if (announced && done_conns == n) break;
+        if (announced && run.done_conns == n) break;
     }
 
-    long long got = 0, dup = 0, reorder = 0;
+    long long got = 0, dup = 0, reorder = 0, expected = (long long)n * run.count;
     for (int i = 0; i < n; i++) {
         got += conns[i].got;
         dup += conns[i].dup;
         reorder += conns[i].reorder;
     }
-    qsort(lat, nlat, sizeof *lat, cmp_ll);
+    if (run.dump) fclose(run.dump);
+    long long nlat = run.nlat;
+    qsort(run.lat, nlat, sizeof *run.lat, cmp_ll);
+    qsort(run.arr, nlat, sizeof *run.arr, cmp_ll);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-#define PCT(q) (nlat ? lat[(long long)((nlat - 1) * (q))] / 1e6 : -1.0)
-    printf("{\"connections\":%d,\"expected\":%lld,\"deliveries\":%lld,\"lost\":%lld,"
-           "\"duplicated\":%lld,\"reordered\":%lld,\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,"
-           "\"p99\":%.3f,\"max\":%.3f},\"cpu_seconds\":%.3f}\n",
-           n, (long long)n * count, got, (long long)n * count - got, dup, reorder,
-           PCT(0.5), PCT(0.9), PCT(0.99), nlat ? lat[nlat - 1] / 1e6 : -1.0, cpu);
+#define PCT(a, q) (nlat ? (a)[(long long)((nlat - 1) * (q))] / 1e6 : -1.0)
+    printf("{\"connections\":%d,\"expected\":%lld,"
+           "\"deliveries\":%lld,\"lost\":%lld,\"duplicated\":%lld,\"reordered\":%lld,"
+           "\"latency_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
+           "\"arrival_ms\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f},"
+           "\"cpu_seconds\":%.3f}\n",
+           n, expected, got, expected - got, dup, reorder,
+           PCT(run.lat, 0.5), PCT(run.lat, 0.9), PCT(run.lat, 0.99), PCT(run.lat, 1.0),
+           PCT(run.arr, 0.5), PCT(run.arr, 0.9), PCT(run.arr, 0.99), PCT(run.arr, 1.0), cpu);
     return 0;
 }

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=100.0, help="fixed publish rate, events/s (100)")
     p.add_argument("--rate-seconds", type=float, default=10.0, help="fixed-rate duration (10)")
     p.add_argument(
+        "--rate-repeat",
+        type=int,
+        default=1,
+        help="with --native-latency: runs per target, interleaved (1)",
+    )
+    p.add_argument(
         "--rate-subscribers",
         type=int,
         default=1000,
@@ -369,31 +375,49 @@ def _write_json(out: Path, results: dict[str, Any]) -> Path:
 
 
 def _native(args: argparse.Namespace) -> int:
+    """Fixed-rate latency with the C client: each target ``--rate-repeat`` times, interleaved."""
     from plasma_bench.native import run_native_latency
 
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.workers is not None:
         env["PLASMA_WORKERS"] = str(args.workers)
-    result = run_native_latency(
-        rate=args.rate,
-        seconds=args.rate_seconds,
-        subscribers=args.rate_subscribers,
-        event_bytes=args.event_bytes,
-        env=env,
-    )
+    runs: list[dict[str, object]] = []
+    ok = True
+    for _ in range(args.rate_repeat):
+        for target in ["plasma", *args.against]:
+            result = run_native_latency(
+                target=target,
+                rate=args.rate,
+                seconds=args.rate_seconds,
+                subscribers=args.rate_subscribers,
+                event_bytes=args.event_bytes,
+                env=env,
+            )
+            runs.append(result)
+            print(_native_line(result), flush=True)
+            ok = ok and result["lost"] == 0 and result["reordered"] == 0
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "native-latency.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    lat = result["latency_ms"]
-    print(
-        f"{result['connections']} SSE @ {result['rate']:g}/s for {result['seconds']:g}s "
-        f"(native client): p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms, "
-        f"max {lat['max']} ms; server {result['server_cpu_s_per_M']} CPU-s/M, load generator "
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0 if ok else 1
+
+
+def _native_line(result: dict[str, Any]) -> str:
+    lat, arr = result["latency_ms"], result["arrival_ms"]
+    workers = f", {result['workers']} worker(s)" if result["target"] == "plasma" else ""
+    return (
+        f"{result['target']}: {result['connections']} SSE @ {result['rate']:g}/s for "
+        f"{result['seconds']:g}s{workers}\n"
+        f"  publish to socket arrival: p50 {arr['p50']} ms, p90 {arr['p90']} ms, "
+        f"p99 {arr['p99']} ms, max {arr['max']} ms\n"
+        f"  publish to client read:    p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+        f"p99 {lat['p99']} ms, max {lat['max']} ms\n"
+        f"  server {result['server_cpu_s_per_M']} CPU-s/M, load generator "
         f"{result['loadgen_cpu_s_per_M']} CPU-s/M; deliveries {result['deliveries']}/"
         f"{result['expected']}, lost {result['lost']}, duplicated {result['duplicated']}, "
-        f"reordered {result['reordered']}\nwrote {path}"
+        f"reordered {result['reordered']}"
     )
-    return 0 if result["lost"] == 0 and result["reordered"] == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,31 +2,35 @@
 
 The Python subscribers cost ~10 us per delivery when events are spaced, which on 2 cores
 makes them, not the server, the bottleneck of the 100 events/s figure. This scenario compiles
-the C client with the machine's ``cc``, starts redis-server and plasma, and publishes the same
-bench events at a fixed rate while the C client measures publish-to-receive latency.
+the C client with the machine's ``cc``, starts the server (plasma with redis-server, or Nchan),
+and publishes the same bench events at a fixed rate while the C client measures
+publish-to-receive latency. ``--against nchan`` runs Nchan the same way, after plasma.
 
     ./scripts/bench --native-latency [--rate 100] [--rate-seconds 10] [--rate-subscribers 1000]
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from plasma_bench.procstat import cpu_seconds
-from plasma_bench.servers import REPO, PlasmaServer, RedisServer
+from plasma_bench.servers import REPO, NchanServer, PlasmaServer, RedisServer
 from plasma_bench.wire import event_json
 
 __all__ = ["run_native_latency"]
 
 SOURCE = REPO / "bench" / "native" / "sse_latency.c"
+EVENT_TYPE = "bench"
 
 
 def build_client() -> Path:
@@ -40,11 +44,34 @@ def build_client() -> Path:
 
 
 def run_native_latency(
-    *, rate: float, seconds: float, subscribers: int, event_bytes: int, env: dict[str, str]
+    *,
+    target: str = "plasma",
+    rate: float,
+    seconds: float,
+    subscribers: int,
+    event_bytes: int,
+    env: dict[str, str],
 ) -> dict[str, Any]:
+    """One fixed-rate run against ``target`` ("plasma" or "nchan"); the C client's figures."""
     binary = build_client()
-    store = RedisServer().start()
-    server = PlasmaServer(f"{store.host}:{store.port}", "bench", env).start()
+    store: RedisServer | None = None
+    server: PlasmaServer | NchanServer
+    publish: Callable[[bytes], object]
+    if target == "nchan":
+        server = NchanServer().start()
+        conn = http.client.HTTPConnection(server.host, server.port)
+
+        def publish(body: bytes) -> object:
+            conn.request("POST", f"/pub?eventType={EVENT_TYPE}", body=body)
+            return conn.getresponse().read()
+    else:
+        store = RedisServer().start()
+        server = PlasmaServer(f"{store.host}:{store.port}", EVENT_TYPE, env).start()
+        r = redis.Redis(host=store.host, port=store.port)
+
+        def publish(body: bytes) -> object:
+            return r.publish(EVENT_TYPE, body)
+
     client: subprocess.Popen[str] | None = None
     try:
         count = max(1, round(rate * seconds))
@@ -55,7 +82,7 @@ def run_native_latency(
                 "127.0.0.1",
                 str(server.port),
                 str(subscribers),
-                "bench",
+                server.sse_path(EVENT_TYPE),
                 str(epoch),
                 "0",
                 str(count),
@@ -68,17 +95,18 @@ def run_native_latency(
         if client.stdout.readline().strip() != "ready":
             raise RuntimeError("native client did not get every stream")
         pids = server.server_pids()
-        r = redis.Redis(host=store.host, port=store.port)
         cpu_before = cpu_seconds(pids)
         start = time.perf_counter()
         for seq in range(count):
             delay = start + seq / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            r.publish("bench", event_json("bench", seq, time.time_ns() - epoch, event_bytes))
+            publish(event_json(EVENT_TYPE, seq, time.time_ns() - epoch, event_bytes))
         result: dict[str, Any] = json.loads(client.stdout.readline())
         server_cpu = cpu_seconds(pids) - cpu_before
         result.update(
+            target=target,
+            workers=env.get("PLASMA_WORKERS", "1") if target == "plasma" else "1",
             rate=rate,
             seconds=seconds,
             server_cpu_seconds=round(server_cpu, 3),
@@ -93,4 +121,5 @@ def run_native_latency(
             client.kill()
             client.wait()
         server.stop()
-        store.stop()
+        if store is not None:
+            store.stop()
