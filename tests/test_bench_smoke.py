@@ -65,15 +65,14 @@ def test_native_latency_client(tmp_path: Path) -> None:
     """``--native-latency`` compiles the C client, streams from plasma and accounts for every
     delivery; the kernel's arrival time of a delivery can never be after its read."""
     out = tmp_path / "results"
-    dump = tmp_path / "deliveries.txt"
-    args = ["--native-latency", "--rate", "50", "--rate-seconds", "1", "--rate-subscribers", "20"]
+    args = ["--native-latency", "--keep-deliveries", "--rate", "50", "--rate-seconds", "1"]
     proc = subprocess.run(
-        [str(ROOT / "scripts" / "bench"), *args, "--out", str(out)],
+        [str(ROOT / "scripts" / "bench"), *args, "--rate-subscribers", "20", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=90,
-        env={**os.environ, "PLASMA_BENCH_PYTHON": sys.executable, "SSE_LATENCY_DUMP": str(dump)},
+        env={**os.environ, "PLASMA_BENCH_PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = json.loads((out / "native-latency.json").read_text())["runs"]
@@ -81,7 +80,8 @@ def test_native_latency_client(tmp_path: Path) -> None:
     assert run["connections"] == 20
     assert run["deliveries"] == run["expected"] == 20 * 50
     assert run["lost"] == run["duplicated"] == run["reordered"] == 0
-    rows = [tuple(map(int, line.split())) for line in dump.read_text().splitlines()]
+    assert run["fanout"]["events"] == 50
+    rows = [tuple(map(int, line.split())) for line in (out / "deliveries-1.txt").open()]
     assert len(rows) == run["deliveries"]
     assert {(seq, conn) for seq, conn, *_ in rows} == {(s, c) for s in range(50) for c in range(20)}
     for _seq, _conn, published, arrived, read in rows:

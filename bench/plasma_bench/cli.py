@@ -22,7 +22,14 @@ from typing import Any
 from plasma_bench import __version__
 from plasma_bench.clients import raise_nofile
 from plasma_bench.pool import ClientPool
-from plasma_bench.report import markdown_table, plots, profile_summary, table, targets_check
+from plasma_bench.report import (
+    latency_cdf,
+    markdown_table,
+    plots,
+    profile_summary,
+    table,
+    targets_check,
+)
 from plasma_bench.runner import Settings, TargetRun
 from plasma_bench.servers import (
     REPO,
@@ -84,6 +91,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--burst-repeat", type=int, default=3, help="bursts per level (3, median)")
     p.add_argument("--rate", type=float, default=100.0, help="fixed publish rate, events/s (100)")
     p.add_argument("--rate-seconds", type=float, default=10.0, help="fixed-rate duration (10)")
+    p.add_argument(
+        "--keep-deliveries",
+        action="store_true",
+        help="with --native-latency: keep every delivery (sequence, connection, publish, "
+        "arrival and read times in ns) as deliveries-<run>.txt in --out",
+    )
     p.add_argument(
         "--rate-repeat",
         type=int,
@@ -381,30 +394,44 @@ def _native(args: argparse.Namespace) -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.workers is not None:
         env["PLASMA_WORKERS"] = str(args.workers)
-    runs: list[dict[str, object]] = []
+    runs: list[dict[str, Any]] = []
+    samples: dict[str, list[int]] = {}
     ok = True
+    args.out.mkdir(parents=True, exist_ok=True)
     for _ in range(args.rate_repeat):
         for target in ["plasma", *args.against]:
-            result = run_native_latency(
+            result, arrivals = run_native_latency(
                 target=target,
                 rate=args.rate,
                 seconds=args.rate_seconds,
                 subscribers=args.rate_subscribers,
                 event_bytes=args.event_bytes,
                 env=env,
+                keep_deliveries=(
+                    args.out / f"deliveries-{len(runs) + 1}.txt" if args.keep_deliveries else None
+                ),
             )
             runs.append(result)
+            label = result["target"]
+            if target == "plasma":
+                label += f" ({result['workers']} worker{'s' if result['workers'] != '1' else ''})"
+            samples[f"{label} #{len(runs)}"] = arrivals
             print(_native_line(result), flush=True)
             ok = ok and result["lost"] == 0 and result["reordered"] == 0
-    args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "native-latency.json"
     path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     print(f"wrote {path}")
+    plot = args.out / "native_latency_cdf.png"
+    title = f"{args.rate_subscribers} SSE subscribers, {args.rate:g} events/s (C client)"
+    if latency_cdf(samples, plot, title, "publish to arrival on the subscriber's socket (ms)"):
+        print(f"wrote {plot}")
     return 0 if ok else 1
 
 
 def _native_line(result: dict[str, Any]) -> str:
     lat, arr = result["latency_ms"], result["arrival_ms"]
+    none = {"p50": "-", "p99": "-"}
+    start, span = result["fanout"].get("start_ms", none), result["fanout"].get("span_ms", none)
     workers = f", {result['workers']} worker(s)" if result["target"] == "plasma" else ""
     return (
         f"{result['target']}: {result['connections']} SSE @ {result['rate']:g}/s for "
@@ -413,6 +440,8 @@ def _native_line(result: dict[str, Any]) -> str:
         f"p99 {arr['p99']} ms, max {arr['max']} ms\n"
         f"  publish to client read:    p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
         f"p99 {lat['p99']} ms, max {lat['max']} ms\n"
+        f"  per event: fan-out starts p50 {start['p50']} ms, p99 {start['p99']} ms after "
+        f"publish; first to last copy p50 {span['p50']} ms, p99 {span['p99']} ms\n"
         f"  server {result['server_cpu_s_per_M']} CPU-s/M, load generator "
         f"{result['loadgen_cpu_s_per_M']} CPU-s/M; deliveries {result['deliveries']}/"
         f"{result['expected']}, lost {result['lost']}, duplicated {result['duplicated']}, "

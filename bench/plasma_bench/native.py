@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +28,7 @@ from plasma_bench.procstat import cpu_seconds
 from plasma_bench.servers import REPO, NchanServer, PlasmaServer, RedisServer
 from plasma_bench.wire import event_json
 
-__all__ = ["run_native_latency"]
+__all__ = ["fanout_summary", "run_native_latency"]
 
 SOURCE = REPO / "bench" / "native" / "sse_latency.c"
 EVENT_TYPE = "bench"
@@ -43,6 +44,45 @@ def build_client() -> Path:
     return out
 
 
+def _percentiles(values: list[int]) -> dict[str, float]:
+    """p50/p90/p99/max in ms of ns values (sorted in place)."""
+    values.sort()
+    last = len(values) - 1
+    return {
+        name: round(values[int(last * q)] / 1e6, 3)
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+    }
+
+
+def fanout_summary(dump: Path) -> tuple[dict[str, Any], list[int]]:
+    """Per event, from the client's delivery dump: when its first copy reached a socket
+    (``start``: what the event waited before the fan-out began), how long the server took
+    from the first copy to the last (``span``), and when the last copy landed (``end``).
+    Also returns every arrival latency (ns, sorted) for the CDF plot."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    arrivals: list[int] = []
+    with dump.open() as f:
+        for line in f:
+            seq_s, _conn, published_s, arrived_s, _read = line.split()
+            seq, lat = int(seq_s), int(arrived_s) - int(published_s)
+            arrivals.append(lat)
+            if lat < first.get(seq, 1 << 62):
+                first[seq] = lat
+            if lat > last.get(seq, -1):
+                last[seq] = lat
+    arrivals.sort()
+    if not first:
+        return {}, arrivals
+    summary = {
+        "events": len(first),
+        "start_ms": _percentiles(list(first.values())),
+        "span_ms": _percentiles([last[s] - first[s] for s in first]),
+        "end_ms": _percentiles(list(last.values())),
+    }
+    return summary, arrivals
+
+
 def run_native_latency(
     *,
     target: str = "plasma",
@@ -51,9 +91,13 @@ def run_native_latency(
     subscribers: int,
     event_bytes: int,
     env: dict[str, str],
-) -> dict[str, Any]:
-    """One fixed-rate run against ``target`` ("plasma" or "nchan"); the C client's figures."""
+    keep_deliveries: Path | None = None,
+) -> tuple[dict[str, Any], list[int]]:
+    """One fixed-rate run against ``target`` ("plasma" or "nchan"): the C client's figures
+    plus the fan-out summary, and every arrival latency (ns, sorted) for plotting. The
+    client's per-delivery lines are kept in ``keep_deliveries`` if given."""
     binary = build_client()
+    dump = keep_deliveries or binary.parent / "deliveries.txt"
     store: RedisServer | None = None
     server: PlasmaServer | NchanServer
     publish: Callable[[bytes], object]
@@ -90,6 +134,7 @@ def run_native_latency(
             ],
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, "SSE_LATENCY_DUMP": str(dump)},
         )
         assert client.stdout is not None
         if client.stdout.readline().strip() != "ready":
@@ -104,6 +149,8 @@ def run_native_latency(
             publish(event_json(EVENT_TYPE, seq, time.time_ns() - epoch, event_bytes))
         result: dict[str, Any] = json.loads(client.stdout.readline())
         server_cpu = cpu_seconds(pids) - cpu_before
+        client.wait(10)  # the dump is complete once the client has exited
+        result["fanout"], arrivals = fanout_summary(dump)
         result.update(
             target=target,
             workers=env.get("PLASMA_WORKERS", "1") if target == "plasma" else "1",
@@ -115,7 +162,7 @@ def run_native_latency(
                 result["cpu_seconds"] / max(1, result["deliveries"]) * 1e6, 2
             ),
         )
-        return result
+        return result, arrivals
     finally:
         if client is not None:
             client.kill()
@@ -123,3 +170,4 @@ def run_native_latency(
         server.stop()
         if store is not None:
             store.stop()
+        shutil.rmtree(binary.parent, ignore_errors=True)
