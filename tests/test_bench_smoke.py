@@ -34,10 +34,10 @@ def _clean(d: dict[str, Any]) -> None:
     assert d["strict_errors"] == 0
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def _bench(out: Path, *args: str) -> None:
+    """Run ``./scripts/bench`` with this interpreter; fail with its output if it fails."""
     proc = subprocess.run(
-        [str(ROOT / "scripts" / "bench"), "--smoke", "--out", str(out)],
+        [str(ROOT / "scripts" / "bench"), *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -45,6 +45,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
         env={**os.environ, "PLASMA_BENCH_PYTHON": sys.executable},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    _bench(out, "--smoke")
     results = json.loads((out / "results.json").read_text())
     (run,) = results["runs"]
     assert run["target"] == "plasma"
@@ -65,16 +70,17 @@ def test_native_latency_client(tmp_path: Path) -> None:
     """``--native-latency`` compiles the C client, streams from plasma and accounts for every
     delivery; the kernel's arrival time of a delivery can never be after its read."""
     out = tmp_path / "results"
-    args = ["--native-latency", "--keep-deliveries", "--rate", "50", "--rate-seconds", "1"]
-    proc = subprocess.run(
-        [str(ROOT / "scripts" / "bench"), *args, "--rate-subscribers", "20", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        env={**os.environ, "PLASMA_BENCH_PYTHON": sys.executable},
+    _bench(
+        out,
+        "--native-latency",
+        "--keep-deliveries",
+        "--rate",
+        "50",
+        "--rate-seconds",
+        "1",
+        "--rate-subscribers",
+        "20",
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = json.loads((out / "native-latency.json").read_text())["runs"]
     assert run["target"] == "plasma"
     assert run["connections"] == 20
