@@ -391,6 +391,9 @@ def _native(args: argparse.Namespace) -> int:
     """Fixed-rate latency with the C client: each target ``--rate-repeat`` times, interleaved."""
     from plasma_bench.native import run_native_latency
 
+    if "nchan" in args.against and (why := nchan_available()) is not None:
+        print(f"bench: --against nchan: {why}", file=sys.stderr)
+        return 2
     env = dict(kv.split("=", 1) for kv in args.env)
     if args.workers is not None:
         env["PLASMA_WORKERS"] = str(args.workers)

@@ -99,25 +99,25 @@ def run_native_latency(
     binary = build_client()
     dump = keep_deliveries or binary.parent / "deliveries.txt"
     store: RedisServer | None = None
-    server: PlasmaServer | NchanServer
-    publish: Callable[[bytes], object]
-    if target == "nchan":
-        server = NchanServer().start()
-        conn = http.client.HTTPConnection(server.host, server.port)
-
-        def publish(body: bytes) -> object:
-            conn.request("POST", f"/pub?eventType={EVENT_TYPE}", body=body)
-            return conn.getresponse().read()
-    else:
-        store = RedisServer().start()
-        server = PlasmaServer(f"{store.host}:{store.port}", EVENT_TYPE, env).start()
-        r = redis.Redis(host=store.host, port=store.port)
-
-        def publish(body: bytes) -> object:
-            return r.publish(EVENT_TYPE, body)
-
+    server: PlasmaServer | NchanServer | None = None
     client: subprocess.Popen[str] | None = None
+    publish: Callable[[bytes], object]
     try:
+        if target == "nchan":
+            server = NchanServer().start()
+            conn = http.client.HTTPConnection(server.host, server.port)
+
+            def publish(body: bytes) -> object:
+                conn.request("POST", f"/pub?eventType={EVENT_TYPE}", body=body)
+                return conn.getresponse().read()
+        else:
+            store = RedisServer().start()
+            server = PlasmaServer(f"{store.host}:{store.port}", EVENT_TYPE, env).start()
+            r = redis.Redis(host=store.host, port=store.port)
+
+            def publish(body: bytes) -> object:
+                return r.publish(EVENT_TYPE, body)
+
         count = max(1, round(rate * seconds))
         epoch = time.time_ns()
         client = subprocess.Popen(
@@ -167,7 +167,8 @@ def run_native_latency(
         if client is not None:
             client.kill()
             client.wait()
-        server.stop()
+        if server is not None:
+            server.stop()
         if store is not None:
             store.stop()
         shutil.rmtree(binary.parent, ignore_errors=True)
