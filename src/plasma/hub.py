@@ -236,12 +236,15 @@ class Hub:
         # Subscribers of one transport share an encoder: look the bytes up only when it changes.
         encoder: Encoder | None = None
         data = b""
+        # With one matching bucket nobody can be in it twice: no de-duplication marks.
+        dedup = len(buckets) > 1
         for bucket in buckets:
             for sub in bucket:
                 # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
-                if sub.last_seq == seq:
-                    continue
-                sub.last_seq = seq
+                if dedup:
+                    if sub.last_seq == seq:
+                        continue
+                    sub.last_seq = seq
                 if sub.encoder is not encoder:
                     encoder = sub.encoder
                     data = event.encode(encoder)
