@@ -55,8 +55,8 @@ def event(type: str, data: bytes = b"1") -> Event:
 
 
 async def settle() -> None:
-    """Let the hub's scheduled flushes run."""
-    for _ in range(10):
+    """Let the hub's scheduled flushes run (a batch per loop turn)."""
+    for _ in range(100):
         await asyncio.sleep(0)
 
 
@@ -222,6 +222,29 @@ async def test_one_flush_per_loop_iteration(hub: Hub) -> None:
     hub.publish(event("a", b"5"))
     await settle()
     assert all(len(sub.writes) == 3 for sub in subs)
+
+
+async def test_an_event_that_arrives_mid_fan_out_rides_with_the_rest(hub: Hub) -> None:
+    """A server that is still writing one event when the next arrives does not queue it
+    behind the whole fan-out: the subscribers not written yet get both in one write."""
+    subs = [FakeSubscriber(str(i)) for i in range(1000)]
+    for sub in subs:
+        hub.subscribe(sub, ("a",))
+    hub.publish(event("a", b"0"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    early = [sub for sub in subs if sub.writes]
+    assert 0 < len(early) < len(subs), "the loop gets a turn between flush batches"
+    hub.publish(event("a", b"1"))
+    await settle()
+    late = [sub for sub in subs if sub not in early]
+    for sub in late:
+        assert len(sub.writes) == 1, "the second event joins the first's pending bytes"
+    for sub in early:
+        assert len(sub.writes) == 2
+    for sub in subs:
+        assert [line.split(b"|")[2] for line in sub.received] == [b"0", b"1"]
+    assert hub._dirty == [] and hub._flush_scheduled is False
 
 
 async def test_huge_fan_out_is_flushed_in_batches(hub: Hub) -> None:

@@ -27,8 +27,11 @@ __all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber"]
 
 log = logging.getLogger("plasma.hub")
 
-# Flushing this many connections per loop callback keeps a huge fan-out from starving reads.
-_FLUSH_BATCH = 2048
+# Connections flushed per loop callback (~1 ms of writes). Between batches the loop reads its
+# sockets: an event that arrives mid-fan-out is published at once, joins the bytes still
+# waiting for the rest of this fan-out (one write carries both), and never waits for a whole
+# fan-out to finish. A server that falls behind thus catches up instead of queueing.
+_FLUSH_BATCH = 128
 
 
 class Flushable(Protocol):
@@ -88,6 +91,7 @@ class Hub:
         self._taps: list[list[Event]] = []
         self._skip_log = LogThrottle()
         self._dirty: list[Flushable] = []
+        self._flushed = 0  # how much of _dirty the running flush has done
         self._unflushed: list[float] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -276,15 +280,16 @@ class Hub:
 
     def _flush(self) -> None:
         dirty = self._dirty
-        if len(dirty) > _FLUSH_BATCH:
-            batch, self._dirty = dirty[:_FLUSH_BATCH], dirty[_FLUSH_BATCH:]
-        else:
-            batch, self._dirty = dirty, []
-        for target in batch:
+        start = self._flushed
+        end = start + _FLUSH_BATCH
+        for target in dirty[start:end]:
             target.flush()
-        if self._dirty:
+        if end < len(dirty):  # more, or new events came in meanwhile: another batch
+            self._flushed = end
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
             return
+        dirty.clear()
+        self._flushed = 0
         self._flush_scheduled = False
         # Arrival-to-write latency of every event this flush completed.
         now = monotonic()
