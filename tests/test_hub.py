@@ -247,6 +247,31 @@ async def test_an_event_that_arrives_mid_fan_out_rides_with_the_rest(hub: Hub) -
     assert hub._dirty == [] and hub._flush_scheduled is False
 
 
+class BrokenSubscriber(FakeSubscriber):
+    def flush(self) -> None:
+        raise RuntimeError("transport bug")
+
+
+async def test_a_subscriber_whose_write_fails_stops_nobody(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = [FakeSubscriber(str(i)) for i in range(300)]
+    broken = BrokenSubscriber("broken")
+    for sub in [*good[:150], broken, *good[150:]]:
+        hub.subscribe(sub, ("a",))
+    with caplog.at_level(logging.WARNING, logger="plasma.hub"):
+        hub.publish(event("a", b"0"))
+        await settle()
+        hub.publish(event("a", b"1"))
+        await settle()
+    for sub in good:
+        assert [line.split(b"|")[2] for line in sub.received] == [b"0", b"1"]
+    assert hub._flush_scheduled is False
+    failures = [r for r in caplog.records if "writing to a subscriber failed" in r.getMessage()]
+    assert len(failures) == 1, "one warning, the repeat is throttled"
+    assert failures[0].exc_info is not None
+
+
 async def test_huge_fan_out_is_flushed_in_batches(hub: Hub) -> None:
     subs = [FakeSubscriber(str(i)) for i in range(5000)]
     for sub in subs:

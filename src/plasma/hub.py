@@ -90,6 +90,7 @@ class Hub:
         self.history.mark(self._start_id)
         self._taps: list[list[Event]] = []
         self._skip_log = LogThrottle()
+        self._flush_log = LogThrottle()
         self._dirty: list[Flushable] = []
         self._flushed = 0  # how much of _dirty the running flush has done
         self._unflushed: list[float] = []
@@ -278,12 +279,24 @@ class Hub:
         self._flush_scheduled = True
         self._loop.call_soon(self._flush)
 
+    def _flush_failed(self, target: Flushable) -> None:
+        level, suppressed = self._flush_log.level()
+        log.log(
+            level,
+            "writing to a subscriber failed; the others go on (please report)",
+            exc_info=True,
+            extra={"subscriber": type(target).__name__, "suppressed_since_last": suppressed},
+        )
+
     def _flush(self) -> None:
         dirty = self._dirty
         start = self._flushed
         end = start + _FLUSH_BATCH
         for target in dirty[start:end]:
-            target.flush()
+            try:
+                target.flush()
+            except Exception:  # a bug in one transport must not stop delivery to everyone
+                self._flush_failed(target)
         if end < len(dirty):  # more, or new events came in meanwhile: another batch
             self._flushed = end
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
