@@ -247,6 +247,31 @@ async def test_an_event_that_arrives_mid_fan_out_rides_with_the_rest(hub: Hub) -
     assert hub._dirty == [] and hub._flush_scheduled is False
 
 
+class ChainedSubscriber(FakeSubscriber):
+    """Its flush queues one more target, as a gRPC stream cut for slowness queues trailers."""
+
+    def __init__(self, hub: Hub, then: FakeSubscriber) -> None:
+        super().__init__("chained")
+        self.hub = hub
+        self.then: FakeSubscriber | None = then
+
+    def flush(self) -> None:
+        super().flush()
+        if self.then is not None:
+            then, self.then = self.then, None
+            then.pending.append(b"0|x|late\n")
+            self.hub.mark_dirty(then)
+
+
+async def test_what_a_flush_queues_is_flushed_too(hub: Hub) -> None:
+    late = FakeSubscriber("late")
+    hub.subscribe(ChainedSubscriber(hub, late), ("a",))
+    hub.publish(event("a"))
+    await settle()
+    assert late.writes == [b"0|x|late\n"]
+    assert hub._dirty == [] and hub._flush_scheduled is False
+
+
 class BrokenSubscriber(FakeSubscriber):
     def flush(self) -> None:
         raise RuntimeError("transport bug")

@@ -290,15 +290,16 @@ class Hub:
 
     def _flush(self) -> None:
         dirty = self._dirty
-        start = self._flushed
-        end = start + _FLUSH_BATCH
-        for target in dirty[start:end]:
+        batch = dirty[self._flushed : self._flushed + _FLUSH_BATCH]
+        for target in batch:
             try:
                 target.flush()
             except Exception:  # a bug in one transport must not stop delivery to everyone
                 self._flush_failed(target)
-        if end < len(dirty):  # more, or new events came in meanwhile: another batch
-            self._flushed = end
+        self._flushed += len(batch)
+        # More to do, or some came in meanwhile (new events, or a flush that queued more,
+        # like trailers after a cut): another batch, after the loop has read its sockets.
+        if self._flushed < len(dirty):
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
             return
         dirty.clear()
