@@ -247,6 +247,23 @@ async def test_an_event_that_arrives_mid_fan_out_rides_with_the_rest(hub: Hub) -
     assert hub._dirty == [] and hub._flush_scheduled is False
 
 
+async def test_a_hub_that_never_catches_up_holds_each_subscriber_once(hub: Hub) -> None:
+    """Events that keep arriving mid-fan-out never let the flush drain; what it holds stays
+    one entry per subscriber, and every subscriber still gets every event, in order."""
+    subs = [FakeSubscriber(str(i)) for i in range(1000)]
+    for sub in subs:
+        hub.subscribe(sub, ("a",))
+    for n in range(50):
+        hub.publish(event("a", b"%d" % n))
+        await asyncio.sleep(0)  # one flush batch per event
+        assert len(hub._dirty) <= len(subs)
+    await settle()
+    want = [b"%d" % n for n in range(50)]
+    for sub in subs:
+        assert [line.split(b"|")[2] for line in sub.received] == want
+    assert len(subs[-1].writes) < 50, "late subscribers got several events per write"
+
+
 class ChainedSubscriber(FakeSubscriber):
     """Its flush queues one more target, as a gRPC stream cut for slowness queues trailers."""
 

@@ -92,7 +92,6 @@ class Hub:
         self._skip_log = LogThrottle()
         self._flush_log = LogThrottle()
         self._dirty: list[Flushable] = []
-        self._flushed = 0  # how much of _dirty the running flush has done
         self._unflushed: list[float] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,20 +289,18 @@ class Hub:
 
     def _flush(self) -> None:
         dirty = self._dirty
-        batch = dirty[self._flushed : self._flushed + _FLUSH_BATCH]
+        batch = dirty[:_FLUSH_BATCH]
         for target in batch:
             try:
                 target.flush()
             except Exception:  # a bug in one transport must not stop delivery to everyone
                 self._flush_failed(target)
-        self._flushed += len(batch)
-        # More to do, or some came in meanwhile (new events, or a flush that queued more,
-        # like trailers after a cut): another batch, after the loop has read its sockets.
-        if self._flushed < len(dirty):
+        # What was queued meanwhile (new events, or a flush that queued more, like trailers
+        # after a cut) is behind the batch: it gets the next turn, after the loop has read.
+        del dirty[: len(batch)]
+        if dirty:
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
             return
-        dirty.clear()
-        self._flushed = 0
         self._flush_scheduled = False
         # Arrival-to-write latency of every event this flush completed.
         now = monotonic()
