@@ -15,7 +15,9 @@
  * - "latency_ms": publish time to the moment this client's read returned;
  * - "arrival_ms": publish time to the moment the kernel queued the bytes on this client's
  *   socket (SO_TIMESTAMPNS), i.e. when the server's write handed them over; this one does
- *   not depend on how soon the client got to read.
+ *   not depend on how soon the client got to read. TCP gives one timestamp per read, the
+ *   newest segment's: events that arrive together in one read share it, which can only
+ *   overstate their latency.
  * With SSE_LATENCY_DUMP=FILE in the environment, every delivery is also written to FILE
  * as "sequence connection publish_ns arrival_ns read_ns" (ns since EPOCH_NS), for analysis.
  */
