@@ -38,6 +38,7 @@ __all__ = [
     "async_wait_for",
     "free_port",
     "http",
+    "port_open",
     "post_event",
     "redis_env",
     "start_redis_plasma",
@@ -93,7 +94,8 @@ async def async_wait_for(
         await asyncio.sleep(interval)
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on ``127.0.0.1:port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -145,7 +147,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: _port_open(self.port), 10, what=f"redis-server on {self.port}")
+        wait_for(lambda: port_open(self.port), 10, what=f"redis-server on {self.port}")
         return self
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -218,7 +220,7 @@ class PlasmaProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"plasma exited with {self.proc.returncode}:\n{self.output()}")
-            return _port_open(self.port)
+            return port_open(self.port)
 
         wait_for(ready, timeout, what=f"plasma on port {self.port}")
 

@@ -28,7 +28,7 @@ from tests.support import (
     RedisServer,
     free_port,
     http,
-    start_redis_plasma,
+    port_open,
     wait_for,
 )
 from tests.transports.test_grpc import (
@@ -36,24 +36,18 @@ from tests.transports.test_grpc import (
     event,
     next_payload,
     request,
+    server,
     stubs,
     subscribe,
 )
 
-__all__ = ["stubs"]  # the session fixture, imported for this module's tests
+__all__ = ["server", "stubs"]  # fixtures shared with test_grpc, imported for this module
 
 pytestmark = pytest.mark.integration
 
 REPO = PROTO_DIR.parents[2]
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-@pytest.fixture(scope="module")
-def server(redis_module: RedisServer) -> Iterator[PlasmaProcess]:
-    process = start_redis_plasma(redis_module)
-    yield process
-    process.stop()
 
 
 @pytest.fixture
@@ -284,7 +278,7 @@ async def test_grpc_port_serves_grpc_alone(
         PLASMA_GRPC_PORT=str(grpc_port),
         PLASMA_SUBSCRIBER_MOCK_INTERVAL="50ms",
     )
-    wait_for(lambda: _port_open(grpc_port), what="the gRPC port")
+    wait_for(lambda: port_open(grpc_port), what="the gRPC port")
     for port in (grpc_port, process.port):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             call = await subscribe(ch, stubs, "poll")
@@ -295,14 +289,6 @@ async def test_grpc_port_serves_grpc_alone(
     assert http(process.url + "/hc").status == 200
     assert request(stubs, "x").Events[0].type == "x"
     assert event("x")["meta"] == {"type": "x"}
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def test_a_client_whose_window_stays_shut_is_cut_with_resource_exhausted(
