@@ -1,4 +1,5 @@
-# plasma: event push server (SSE + gRPC on one port).
+# plasma: event push server (SSE + gRPC on one port), the `plasma-push` distribution built
+# from this source tree.
 #   docker build -t plasma .
 #   docker run -p 8080:8080 plasma                      # mock source, no Redis needed
 #   docker compose up -d                                # with Redis (docker-compose.yml)
@@ -11,7 +12,7 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 RUN python -m venv /opt/plasma \
  && /opt/plasma/bin/pip install .

@@ -237,7 +237,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory, stages: list[Stage]) ->
         )  # fmt: skip
         subprocess.run(
             [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-             "--no-index", *map(str, wheels.glob("plasma-*.whl"))],
+             "--no-index", *map(str, wheels.glob("plasma_push-*.whl"))],
             check=True, timeout=300,
         )  # fmt: skip
         site = subprocess.run(
