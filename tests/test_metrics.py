@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -23,7 +26,14 @@ from plasma.exporters.golog import (
 from plasma.exporters.prometheus import render_exposition, wants_exposition
 from plasma.exporters.sender import metrics_line
 from plasma.exporters.syslog import format_syslog_message
-from plasma.metrics import FANOUT_BUCKETS, LATENCY_BUCKETS, Histogram, Metrics, merge_snapshots
+from plasma.metrics import (
+    FANOUT_BUCKETS,
+    LATENCY_BUCKETS,
+    Histogram,
+    Metrics,
+    RuntimeStats,
+    merge_snapshots,
+)
 
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
@@ -278,14 +288,15 @@ def test_metrics_line_is_one_compact_json_object() -> None:
     assert "processes" not in data
 
 
-def test_runtime_snapshot_keeps_the_original_runtime_neutral_keys() -> None:
+async def test_runtime_snapshot_keeps_the_original_runtime_neutral_keys() -> None:
     """Dashboards built on the original read these keys; Go-only ones get Python siblings."""
-    import gc
-
-    from plasma.metrics import runtime_snapshot
-
-    gc.collect()
-    snapshot = runtime_snapshot()
+    runtime = RuntimeStats()
+    runtime.start()
+    try:
+        gc.collect()
+        snapshot = runtime.snapshot()
+    finally:
+        runtime.stop()
     neutral = [
         "cpu_num", "memory_alloc", "memory_total_alloc", "memory_sys", "memory_lookups",
         "memory_mallocs", "memory_frees", "memory_stack", "heap_alloc", "heap_sys", "heap_idle",
@@ -296,3 +307,38 @@ def test_runtime_snapshot_keeps_the_original_runtime_neutral_keys() -> None:
     assert snapshot["memory_sys"] > 0 and snapshot["heap_objects"] > 0
     assert snapshot["gc_last"] > 0 and snapshot["gc_pause"], "gc.collect() above was timed"
     assert {"python_version", "os", "arch", "thread_num"} <= snapshot.keys()
+
+
+def test_reading_the_gc_rate_does_not_reset_it() -> None:
+    """/metrics, the sender and sibling workers all read: each sees the same window."""
+    runtime = RuntimeStats()
+    for _ in range(3):
+        gc.collect()
+    first, second = runtime.snapshot(), runtime.snapshot()
+    assert first["gc_per_second"] > 0
+    assert second["gc_per_second"] > 0, "the first read must not restart the window"
+    assert second["gc_num"] >= first["gc_num"] >= 3
+
+
+async def test_collections_are_timed_only_while_started() -> None:
+    runtime = RuntimeStats()
+    gc.collect()
+    assert runtime.snapshot()["gc_pause"] == [], "nothing is installed before start()"
+    runtime.start()
+    gc.collect()
+    runtime.stop()
+    timed = runtime.snapshot()["gc_pause"]
+    assert timed
+    gc.collect()
+    assert runtime.snapshot()["gc_pause"] == timed, "stop() removed the GC callback"
+
+
+def test_importing_plasma_installs_nothing() -> None:
+    """No GC callback (or anything else) is installed by importing the server's modules."""
+    code = (
+        "import gc; before = list(gc.callbacks); "
+        "import plasma.cli, plasma.server, plasma.metrics; "
+        "assert gc.callbacks == before, gc.callbacks"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
