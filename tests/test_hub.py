@@ -366,3 +366,87 @@ async def test_publish_raw_counts_and_skips_invalid(hub: Hub) -> None:
     assert payload.startswith("xxx")
     assert len(payload) <= 300, "the logged payload is truncated"
     assert records[1].channel == "chan-2"  # type: ignore[attr-defined]
+
+
+# --- resume: history, the source's archive, and events arriving meanwhile ---------------------
+
+
+class GatedArchive:
+    """An ``Archive`` (the hub's protocol) that answers only when the test lets it.
+
+    ``events`` None means it cannot vouch for the id either (a gap).
+    """
+
+    def __init__(self, events: list[Event] | None) -> None:
+        self.events = events
+        self.asked: list[str] = []
+        self.waiting = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        self.asked.append(event_id)
+        self.waiting.set()
+        await self.answer.wait()
+        return None if self.events is None else list(self.events)
+
+
+def with_id(type: str, event_id: str) -> Event:
+    e = Event(type, b"1")
+    e.id = event_id
+    return e
+
+
+def ids_of(sub: FakeSubscriber) -> list[str]:
+    return [line.split(b"|")[0].decode() for line in sub.received]
+
+
+async def test_resume_merges_the_archive_with_events_that_arrive_meanwhile() -> None:
+    """No event twice, none lost, in order: archive first, then what arrived while it answered."""
+    hub = Hub(Metrics())  # no history: only the archive can vouch for old ids
+    archive = GatedArchive([with_id("a", "1-1"), with_id("a:x", "1-2")])
+    hub.archive = archive
+    sub = FakeSubscriber()
+    resuming = asyncio.create_task(hub.resume(sub, ("a",), "1-0"))
+    await archive.waiting.wait()
+    # Published while the archive answers: one it also returns, new ones, one not wanted.
+    for e in (with_id("a:x", "1-2"), with_id("a", "1-3"), with_id("b", "1-4")):
+        hub.publish(e)
+    await settle()
+    assert sub.received == [], "nothing is delivered before the replay"
+    archive.answer.set()
+    assert await resuming is True
+    hub.publish(with_id("a", "1-5"))
+    await settle()
+    assert ids_of(sub) == ["1-1", "1-2", "1-3", "1-5"]
+    assert archive.asked == ["1-0"]
+
+
+async def test_resume_sends_a_gap_then_what_arrived_when_nothing_vouches() -> None:
+    hub = Hub(Metrics())
+    archive = GatedArchive(None)
+    hub.archive = archive
+    sub = FakeSubscriber()
+    resuming = asyncio.create_task(hub.resume(sub, ("a",), "lost-id"))
+    await archive.waiting.wait()
+    hub.publish(with_id("a", "1-7"))
+    archive.answer.set()
+    assert await resuming is False
+    await settle()
+    assert sub.types == ["plasma:gap", "a"]
+    gap = sub.received[0].split(b"|", 2)[2]
+    assert b'"lastEventId":"lost-id"' in gap
+    assert ids_of(sub)[1:] == ["1-7"]
+
+
+async def test_resume_from_history_does_not_ask_the_archive() -> None:
+    hub = Hub(Metrics(), history_size=10)
+    archive = GatedArchive([])
+    hub.archive = archive
+    first, second = event("a"), event("a:b")
+    hub.publish(first)
+    hub.publish(second)
+    sub = FakeSubscriber()
+    assert await hub.resume(sub, ("a",), first.id) is True
+    await settle()
+    assert ids_of(sub) == [second.id]
+    assert archive.asked == []
