@@ -14,10 +14,13 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from plasma.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "SETTINGS",
@@ -375,6 +378,9 @@ def settings_markdown() -> str:
     return "\n".join(lines)
 
 
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
 class _Reader:
     """Reads settings from a mapping through the table; every bad value is one ``ConfigError``."""
 
@@ -392,6 +398,10 @@ class _Reader:
 
     def raw(self, name: str) -> str:
         return self._env.get(name) or _BY_NAME[name].default
+
+    def section(self, cls: type[_Section], prefix: str) -> _Section:
+        """A section whose every field is read from ``prefix`` + its name in capitals."""
+        return cls(**{f.name: self[prefix + f.name.upper()] for f in fields(cls)})
 
 
 # --- the typed configuration: every default comes from SETTINGS -----------------------------
@@ -567,32 +577,8 @@ class Config:
                 out=r["PLASMA_ACCESS_LOG_OUT"], level=r["PLASMA_ACCESS_LOG_LEVEL"]
             ),
             tls=tls,
-            metrics=MetricsConfig(
-                type=r["PLASMA_METRICS_TYPE"],
-                interval=r["PLASMA_METRICS_INTERVAL"],
-                log_out=r["PLASMA_METRICS_LOG_OUT"],
-                log_prefix=r["PLASMA_METRICS_LOG_PREFIX"],
-                log_flag=r["PLASMA_METRICS_LOG_FLAG"],
-                log_interval=r["PLASMA_METRICS_LOG_INTERVAL"],
-                syslog_tag=r["PLASMA_METRICS_SYSLOG_TAG"],
-                syslog_interval=r["PLASMA_METRICS_SYSLOG_INTERVAL"],
-                syslog_severity=r["PLASMA_METRICS_SYSLOG_SEVERITY"],
-                syslog_facility=r["PLASMA_METRICS_SYSLOG_FACILITY"],
-                syslog_network=r["PLASMA_METRICS_SYSLOG_NETWORK"],
-                syslog_addr=r["PLASMA_METRICS_SYSLOG_ADDR"],
-            ),
-            limits=LimitsConfig(
-                max_connections=r["PLASMA_MAX_CONNECTIONS"],
-                max_types=r["PLASMA_MAX_TYPES"],
-                max_type_length=r["PLASMA_MAX_TYPE_LENGTH"],
-                max_event_size=r["PLASMA_MAX_EVENT_SIZE"],
-                max_request_line=r["PLASMA_MAX_REQUEST_LINE"],
-                max_header_size=r["PLASMA_MAX_HEADER_SIZE"],
-                max_headers=r["PLASMA_MAX_HEADERS"],
-                header_timeout=r["PLASMA_HEADER_TIMEOUT"],
-                grpc_max_streams=r["PLASMA_GRPC_MAX_STREAMS"],
-                grpc_max_frame_size=r["PLASMA_GRPC_MAX_FRAME_SIZE"],
-            ),
+            metrics=r.section(MetricsConfig, "PLASMA_METRICS_"),
+            limits=r.section(LimitsConfig, "PLASMA_"),
             history_size=r["PLASMA_HISTORY_SIZE"],
             history_ttl=r["PLASMA_HISTORY_TTL"],
             client_buffer=r["PLASMA_CLIENT_BUFFER"],
