@@ -24,11 +24,7 @@ from plasma.exporters.prometheus import render_exposition, wants_exposition
 from plasma.exporters.sender import metrics_line
 from plasma.exporters.syslog import format_syslog_message
 from plasma.metrics import Metrics, merge_snapshots
-
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-)
+from tests.support import PROMETHEUS_ACCEPT
 
 
 def _families(text: str) -> dict[str, object]:

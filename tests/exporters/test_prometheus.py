@@ -5,37 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import PlasmaProcess, RedisServer, SSEStream, async_wait_for, http, wait_for
-
-pytestmark = pytest.mark.integration
-
-# What Prometheus 2.x sends by default.
-PROMETHEUS_ACCEPT = (
-    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
-    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+from tests.support import (
+    PROMETHEUS_ACCEPT,
+    PlasmaProcess,
+    RedisServer,
+    SSEStream,
+    async_wait_for,
+    http,
+    scrape,
+    value,
+    wait_for,
 )
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(url: str, accept: str = PROMETHEUS_ACCEPT) -> Samples:
-    result = http(url + "/metrics", headers={"Accept": accept})
-    assert result.status == 200, result.body
-    text = result.body.decode()
-    if result.headers["Content-Type"].startswith("application/openmetrics-text"):
-        families = openmetrics_families(text)
-    else:
-        families = text_string_to_metric_families(text)
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+pytestmark = pytest.mark.integration
 
 
 def test_scrape_negotiates_openmetrics_text_and_json(plasma: Callable[..., PlasmaProcess]) -> None:
