@@ -25,6 +25,10 @@ from typing import Any
 import aiohttp
 import orjson
 import redis
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "CHROMIUM",
@@ -414,6 +418,33 @@ def post_event(base_url: str, type: str, data: Any = None) -> HTTPResult:
     if result.status != 200:
         raise AssertionError(f"POST /debug answered {result.status}: {result.body!r}")
     return result
+
+
+# --- Prometheus scrapes -------------------------------------------------------------------------
+
+# What Prometheus 2.x sends by default.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str, accept: str = PROMETHEUS_ACCEPT) -> Samples:
+    """``GET /metrics`` as Prometheus asks for it, parsed into ``{(name, labels): value}``."""
+    result = http(url + "/metrics", headers={"Accept": accept})
+    assert result.status == 200, result.body
+    text = result.body.decode()
+    if result.headers["Content-Type"].startswith("application/openmetrics-text"):
+        families = openmetrics_families(text)
+    else:
+        families = text_string_to_metric_families(text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 class RawSSE:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import Callable
 
 import orjson
 import pytest
 
-from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, RedisServer
+from tests.support import CHROMIUM, CHROMIUM_ARGS, PlasmaProcess, RedisServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +28,10 @@ async def test_eventsource_resumes_after_server_restart_without_loss(
     server = redis_plasma(wait=False, **env)
     server.wait_ready()
 
+    def reading(plasma: PlasmaProcess) -> None:
+        """The stream source reads from the stream's tail once it is up: wait for that."""
+        wait_for(lambda: plasma.metrics()["source_up"] == 1, what="the stream source to read")
+
     def add(n: int) -> None:
         with redis_server.client() as r:
             r.xadd("browser", {"event": orjson.dumps({"meta": {"type": "t"}, "data": {"n": n}})})
@@ -47,7 +50,7 @@ async def test_eventsource_resumes_after_server_restart_without_loss(
                 }"""
             )
             await page.wait_for_function("window.opens === 1")
-            await asyncio.sleep(0.3)
+            reading(server)
             for n in range(5):
                 add(n)
             await page.wait_for_function("window.got.length === 5")
@@ -57,11 +60,11 @@ async def test_eventsource_resumes_after_server_restart_without_loss(
             restarted = redis_plasma(wait=False, PLASMA_PORT=str(server.port), **env)
             restarted.wait_ready()
             await page.wait_for_function("window.opens === 2", timeout=15000)
-            await asyncio.sleep(0.3)
-            for n in range(25, 30):
+            reading(restarted)
+            for n in range(25, 31):
                 add(n)
-            await page.wait_for_function("window.got.length >= 30", timeout=15000)
-            await asyncio.sleep(0.3)
-            assert await page.evaluate("window.got") == list(range(30))
+            # Anything delivered twice would come before the last event: the stream is ordered.
+            await page.wait_for_function("window.got.includes(30)", timeout=15000)
+            assert await page.evaluate("window.got") == list(range(31))
         finally:
             await browser.close()

@@ -20,7 +20,14 @@ import orjson
 import pytest
 import redis
 
-from tests.support import PlasmaProcess, RedisServer, SSEStream, free_port, wait_for
+from tests.support import (
+    PlasmaProcess,
+    RedisServer,
+    SSEStream,
+    async_wait_for,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -99,8 +106,9 @@ async def test_stream_source_loses_nothing_when_redis_is_killed_mid_stream(
         )
         stream = await SSEStream.open(server.url + "/", "d")
         await stream.wait_retry()
-        await asyncio.sleep(0.3)
+        wait_for(lambda: server.metrics()["source_up"] == 1, what="the stream source to read")
         confirmed: list[int] = []
+        refused: list[int] = []
         stop = threading.Event()
 
         def publish() -> None:
@@ -111,6 +119,7 @@ async def test_stream_source_loses_nothing_when_redis_is_killed_mid_stream(
                         r.xadd("drill", {"event": event("d", n)})
                     confirmed.append(n)
                 except (redis.RedisError, OSError):
+                    refused.append(n)
                     time.sleep(0.05)  # Redis is down: that event was never accepted
                 n += 1
                 time.sleep(0.005)
@@ -118,9 +127,9 @@ async def test_stream_source_loses_nothing_when_redis_is_killed_mid_stream(
         publisher = threading.Thread(target=publish)
         publisher.start()
         try:
-            await asyncio.sleep(0.5)
+            await async_wait_for(lambda: len(confirmed) >= 20, what="events before the kill")
             store.kill()
-            await asyncio.sleep(0.5)
+            await async_wait_for(lambda: refused, what="the publisher to find Redis down")
             store.start()  # same directory: the append-only file brings the stream back
         finally:
             await asyncio.to_thread(publisher.join, 30)

@@ -272,18 +272,21 @@ def test_server_sockets_use_tcp_keepalive(server: PlasmaProcess, first_bytes: by
     """A client that vanishes without a FIN is found by keepalive probes, even when idle."""
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(first_bytes)
-        time.sleep(0.3)
         local_port = sock.getsockname()[1]
-        out = subprocess.run(
-            [
-                "ss",
-                "-tnoH",
-                "state",
-                "established",
-                f"( sport = :{server.port} and dport = :{local_port} )",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        assert "keepalive" in out, out
+
+        def server_side() -> str:
+            return subprocess.run(
+                [
+                    "ss",
+                    "-tnoH",
+                    "state",
+                    "established",
+                    f"( sport = :{server.port} and dport = :{local_port} )",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+
+        # The server accepts, reads the first bytes and answers; its socket then shows a timer.
+        wait_for(lambda: "keepalive" in server_side(), what="a keepalive timer on the socket")

@@ -28,15 +28,19 @@ class FakeSubscriber:
         self.last_seq = 0
         self.pending: list[bytes] = []
         self.writes: list[bytes] = []
+        self.empty_flushes = 0
+        """Flushes with nothing pending: the hub held this subscriber twice."""
 
     def push(self, data: bytes) -> FakeSubscriber | None:
         self.pending.append(data)
         return self if len(self.pending) == 1 else None
 
     def flush(self) -> None:
-        if self.pending:
-            self.writes.append(b"".join(self.pending))
-            self.pending.clear()
+        if not self.pending:
+            self.empty_flushes += 1
+            return
+        self.writes.append(b"".join(self.pending))
+        self.pending.clear()
 
     @property
     def received(self) -> list[bytes]:
@@ -58,6 +62,16 @@ async def settle() -> None:
     """Let the hub's scheduled flushes run (a batch per loop turn)."""
     for _ in range(100):
         await asyncio.sleep(0)
+
+
+async def assert_idle(hub: Hub) -> None:
+    """The hub holds nothing back: a new event is written on the next loop turn."""
+    probe = FakeSubscriber("idle probe")
+    hub.subscribe(probe, ("idle-probe",))
+    hub.publish(event("idle-probe"))
+    await asyncio.sleep(0)
+    assert probe.types == ["idle-probe"], "the hub believed a flush was still scheduled"
+    hub.unsubscribe(probe)
 
 
 @pytest.fixture
@@ -199,9 +213,9 @@ async def test_subscribe_again_replaces_types(hub: Hub) -> None:
     assert hub.subscriber_count == 1
 
 
-async def test_no_subscribers_is_cheap_and_schedules_nothing(hub: Hub) -> None:
+def test_no_subscribers_is_cheap_and_schedules_nothing(hub: Hub) -> None:
+    """Outside an event loop: scheduling a flush would fail, so none was scheduled."""
     assert hub.publish(event("nobody")) == 0
-    assert hub._flush_scheduled is False
 
 
 async def test_one_flush_per_loop_iteration(hub: Hub) -> None:
@@ -244,7 +258,8 @@ async def test_an_event_that_arrives_mid_fan_out_rides_with_the_rest(hub: Hub) -
         assert len(sub.writes) == 2
     for sub in subs:
         assert [line.split(b"|")[2] for line in sub.received] == [b"0", b"1"]
-    assert hub._dirty == [] and hub._flush_scheduled is False
+        assert sub.empty_flushes == 0
+    await assert_idle(hub)
 
 
 async def test_a_hub_that_never_catches_up_holds_each_subscriber_once(hub: Hub) -> None:
@@ -256,11 +271,11 @@ async def test_a_hub_that_never_catches_up_holds_each_subscriber_once(hub: Hub) 
     for n in range(50):
         hub.publish(event("a", b"%d" % n))
         await asyncio.sleep(0)  # one flush batch per event
-        assert len(hub._dirty) <= len(subs)
     await settle()
     want = [b"%d" % n for n in range(50)]
     for sub in subs:
         assert [line.split(b"|")[2] for line in sub.received] == want
+        assert sub.empty_flushes == 0, "held twice: flushed once with nothing to write"
     assert len(subs[-1].writes) < 50, "late subscribers got several events per write"
 
 
@@ -286,7 +301,7 @@ async def test_what_a_flush_queues_is_flushed_too(hub: Hub) -> None:
     hub.publish(event("a"))
     await settle()
     assert late.writes == [b"0|x|late\n"]
-    assert hub._dirty == [] and hub._flush_scheduled is False
+    await assert_idle(hub)
 
 
 class BrokenSubscriber(FakeSubscriber):
@@ -308,7 +323,7 @@ async def test_a_subscriber_whose_write_fails_stops_nobody(
         await settle()
     for sub in good:
         assert [line.split(b"|")[2] for line in sub.received] == [b"0", b"1"]
-    assert hub._flush_scheduled is False
+    await assert_idle(hub)
     failures = [r for r in caplog.records if "writing to a subscriber failed" in r.getMessage()]
     assert len(failures) == 1, "one warning, the repeat is throttled"
     assert failures[0].exc_info is not None
@@ -366,3 +381,87 @@ async def test_publish_raw_counts_and_skips_invalid(hub: Hub) -> None:
     assert payload.startswith("xxx")
     assert len(payload) <= 300, "the logged payload is truncated"
     assert records[1].channel == "chan-2"  # type: ignore[attr-defined]
+
+
+# --- resume: history, the source's archive, and events arriving meanwhile ---------------------
+
+
+class GatedArchive:
+    """An ``Archive`` (the hub's protocol) that answers only when the test lets it.
+
+    ``events`` None means it cannot vouch for the id either (a gap).
+    """
+
+    def __init__(self, events: list[Event] | None) -> None:
+        self.events = events
+        self.asked: list[str] = []
+        self.waiting = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def events_after(self, event_id: str) -> list[Event] | None:
+        self.asked.append(event_id)
+        self.waiting.set()
+        await self.answer.wait()
+        return None if self.events is None else list(self.events)
+
+
+def with_id(type: str, event_id: str) -> Event:
+    e = Event(type, b"1")
+    e.id = event_id
+    return e
+
+
+def ids_of(sub: FakeSubscriber) -> list[str]:
+    return [line.split(b"|")[0].decode() for line in sub.received]
+
+
+async def test_resume_merges_the_archive_with_events_that_arrive_meanwhile() -> None:
+    """No event twice, none lost, in order: archive first, then what arrived while it answered."""
+    hub = Hub(Metrics())  # no history: only the archive can vouch for old ids
+    archive = GatedArchive([with_id("a", "1-1"), with_id("a:x", "1-2")])
+    hub.archive = archive
+    sub = FakeSubscriber()
+    resuming = asyncio.create_task(hub.resume(sub, ("a",), "1-0"))
+    await archive.waiting.wait()
+    # Published while the archive answers: one it also returns, new ones, one not wanted.
+    for e in (with_id("a:x", "1-2"), with_id("a", "1-3"), with_id("b", "1-4")):
+        hub.publish(e)
+    await settle()
+    assert sub.received == [], "nothing is delivered before the replay"
+    archive.answer.set()
+    assert await resuming is True
+    hub.publish(with_id("a", "1-5"))
+    await settle()
+    assert ids_of(sub) == ["1-1", "1-2", "1-3", "1-5"]
+    assert archive.asked == ["1-0"]
+
+
+async def test_resume_sends_a_gap_then_what_arrived_when_nothing_vouches() -> None:
+    hub = Hub(Metrics())
+    archive = GatedArchive(None)
+    hub.archive = archive
+    sub = FakeSubscriber()
+    resuming = asyncio.create_task(hub.resume(sub, ("a",), "lost-id"))
+    await archive.waiting.wait()
+    hub.publish(with_id("a", "1-7"))
+    archive.answer.set()
+    assert await resuming is False
+    await settle()
+    assert sub.types == ["plasma:gap", "a"]
+    gap = sub.received[0].split(b"|", 2)[2]
+    assert b'"lastEventId":"lost-id"' in gap
+    assert ids_of(sub)[1:] == ["1-7"]
+
+
+async def test_resume_from_history_does_not_ask_the_archive() -> None:
+    hub = Hub(Metrics(), history_size=10)
+    archive = GatedArchive([])
+    hub.archive = archive
+    first, second = event("a"), event("a:b")
+    hub.publish(first)
+    hub.publish(second)
+    sub = FakeSubscriber()
+    assert await hub.resume(sub, ("a",), first.id) is True
+    await settle()
+    assert ids_of(sub) == [second.id]
+    assert archive.asked == []

@@ -17,6 +17,11 @@ def _event(event_type: str, n: int) -> bytes:
     return orjson.dumps({"meta": {"type": event_type}, "data": {"n": n}})
 
 
+def _wait_reading(server: PlasmaProcess) -> None:
+    """The stream source reads from each stream's tail once it is up: wait for that."""
+    wait_for(lambda: server.metrics()["source_up"] == 1, what="the stream source to read")
+
+
 async def _collect(stream: SSEStream, count: int, timeout: float = 10.0) -> list[SSEEvent]:
     return [await stream.next_event(timeout) for _ in range(count)]
 
@@ -128,7 +133,7 @@ async def test_stream_source_resumes_across_a_plasma_restart(
     server.wait_ready()
     first = await SSEStream.open(server.url + "/", "t")
     await first.wait_retry()
-    await asyncio.sleep(0.3)  # the source reads from the stream's tail once it has started
+    _wait_reading(server)
     _xadd(redis_server, "s1", "t", 0)
     (zero,) = await _collect(first, 1)
     await first.close()
@@ -147,7 +152,7 @@ async def test_stream_source_resumes_across_a_plasma_restart(
         assert [e.id for e in missed] == sorted(
             (e.id or "" for e in missed), key=lambda i: tuple(map(int, i.split("-")))
         )
-        await asyncio.sleep(0.3)
+        _wait_reading(restarted)
         _xadd(redis_server, "s1", "t", 100)
         assert _numbers(await _collect(second, 1)) == [100]
     finally:
@@ -162,7 +167,8 @@ async def test_stream_source_client_moves_between_two_plasmas_without_loss(
     two = redis_plasma(wait=False, **env)
     one.wait_ready()
     two.wait_ready()
-    await asyncio.sleep(0.3)
+    _wait_reading(one)
+    _wait_reading(two)
     stream = await SSEStream.open(one.url + "/", "m")
     await stream.wait_retry()
     for n in range(10):
@@ -235,7 +241,7 @@ async def test_clients_that_leave_at_once_leave_nothing_behind(
     stream = await SSEStream.open(server.url + "/", "g")
     try:
         await stream.wait_retry()
-        await asyncio.sleep(0.3)
+        _wait_reading(server)
         delivered = server.metrics()["events_delivered"]
         _xadd(redis_server, "gone", "g", 1)
         assert _numbers(await _collect(stream, 1)) == [1]

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import resource
 import sys
 from collections.abc import Sequence
 
 from plasma import __version__
 from plasma.config import Config, settings_help
-from plasma.errors import ConfigError, SourceGaveUp, StartupError
+from plasma.errors import ConfigError, StartupError
 from plasma.logging import configure_logging
-from plasma.workers import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, run_workers
+from plasma.process import run_server
+from plasma.workers import run_workers
 
 __all__ = ["main"]
-
-log = logging.getLogger("plasma.cli")
 
 USAGE = """\
 usage: plasma [--help] [--version]
@@ -56,41 +52,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers != 1:
         return run_workers(config)
     return run_server(config)
-
-
-def raise_open_file_limit() -> None:
-    """Lift the soft limit on open files to the hard one, as Go does: one fd per client."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY:
-            hard = 1 << 20
-        if soft != resource.RLIM_INFINITY and soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass
-
-
-def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> int:
-    """Run one server process in this process; return the exit status."""
-    from plasma.server import serve
-
-    raise_open_file_limit()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir))
-    except StartupError as exc:
-        log.critical(str(exc))
-        print(f"plasma: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
-    except SourceGaveUp as exc:
-        log.critical("giving up: %s", exc)
-        return EXIT_SOURCE_GAVE_UP
-    except KeyboardInterrupt:
-        return 0
-    return 0

@@ -1,6 +1,8 @@
 """Settings: every ``PLASMA_*`` environment variable, parsed once into frozen dataclasses.
 
-This module is the only reader of the environment. ``Config.from_env(os.environ)`` either
+This module is the only reader of the environment. ``SETTINGS`` is the one table of every
+variable: its name, default, parser and help. ``plasma --help``, the README's settings table
+and the dataclasses' defaults all come from it. ``Config.from_env(os.environ)`` either
 returns a complete, typed ``Config`` or raises ``ConfigError`` naming the variable, the
 value and what was expected. Names, types and defaults follow the 2017 original's README;
 durations and booleans are parsed the way Go parses them, so existing deployments keep
@@ -10,11 +12,15 @@ their configuration unchanged.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from plasma.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "SETTINGS",
@@ -29,10 +35,13 @@ __all__ = [
     "TLSConfig",
     "parse_bool",
     "parse_duration",
+    "setting_default",
     "settings_help",
+    "settings_markdown",
 ]
 
 LogLevel = Literal["debug", "info", "warn", "error", "fatal", "panic"]
+_LEVELS = ("panic", "fatal", "error", "warn", "info", "debug")
 
 # --- value parsers -------------------------------------------------------------------------
 
@@ -94,166 +103,6 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-# --- the settings table ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    """One environment variable: its name, default text, kind and a one-line description."""
-
-    name: str
-    default: str
-    kind: str
-    help: str
-    secret: bool = False
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("PLASMA_HOST", "", "string", "interface to listen on (empty: all interfaces)"),
-    Setting("PLASMA_PORT", "8080", "port", "TCP port for SSE, gRPC and the meta endpoints"),
-    Setting("PLASMA_GRPC_PORT", "", "port", "optional second port that serves gRPC only"),
-    Setting("PLASMA_DEBUG", "false", "bool", "serve the /debug page and publish endpoint"),
-    Setting("PLASMA_ORIGIN", "", "string", "Access-Control-Allow-Origin value (empty: omitted)"),
-    Setting("PLASMA_SSE_RETRY", "2000", "int", "SSE retry: milliseconds clients wait to reconnect"),
-    Setting("PLASMA_SSE_EVENTQUERY", "eventType", "string", "SSE query parameter listing types"),
-    Setting("PLASMA_SSE_HEARTBEAT", "10s", "duration", "interval of the :heartbeat comment"),
-    Setting("PLASMA_SUBSCRIBER_TYPE", "mock", "choice", "source: mock, redis or redis-stream"),
-    Setting("PLASMA_SUBSCRIBER_MOCK_INTERVAL", "1s", "duration", "mock source: event interval"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_ADDR", "localhost:6379", "host:port", "Redis address"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "", "string", "Redis password", secret=True),
-    Setting("PLASMA_SUBSCRIBER_REDIS_DB", "0", "int", "Redis database number"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_CHANNELS", "", "list", "channels or streams, a,b,c"),
-    Setting(
-        "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR",
-        "alive",
-        "choice",
-        "after MAX_RETRY failed reconnects: die (exit 1) or alive (keep retrying)",
-    ),
-    Setting("PLASMA_SUBSCRIBER_REDIS_TIMEOUT", "1s", "duration", "Redis connect/command timeout"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL", "5s", "duration", "wait between reconnects"),
-    Setting("PLASMA_SUBSCRIBER_REDIS_MAX_RETRY", "5", "int", "failed reconnects before die/alive"),
-    Setting("PLASMA_ERROR_LOG_OUT", "stdout", "output", "error log: stdout, stderr or a file"),
-    Setting("PLASMA_ERROR_LOG_LEVEL", "info", "level", "panic, fatal, error, warn, info, debug"),
-    Setting("PLASMA_ACCESS_LOG_OUT", "stdout", "output", "access log: stdout, stderr or a file"),
-    Setting("PLASMA_ACCESS_LOG_LEVEL", "info", "level", "panic, fatal, error, warn, info, debug"),
-    Setting("PLASMA_TLS_CERT_FILE", "", "path", "TLS certificate (PEM); TLS needs both files"),
-    Setting("PLASMA_TLS_KEY_FILE", "", "path", "TLS private key (PEM)"),
-    Setting("PLASMA_METRICS_TYPE", "", "choice", "metrics sender: log, syslog or empty (off)"),
-    Setting("PLASMA_METRICS_INTERVAL", "10s", "duration", "interval for sampling metrics"),
-    Setting("PLASMA_METRICS_LOG_OUT", "stdout", "output", "metrics log: stdout, stderr or file"),
-    Setting("PLASMA_METRICS_LOG_PREFIX", "metrics", "string", "prefix of each metrics log line"),
-    Setting("PLASMA_METRICS_LOG_FLAG", "4", "int", "Go log flags (4 = log.Lmicroseconds)"),
-    Setting("PLASMA_METRICS_LOG_INTERVAL", "1m", "duration", "interval for writing to the log"),
-    Setting("PLASMA_METRICS_SYSLOG_TAG", "plasma", "string", "syslog tag"),
-    Setting("PLASMA_METRICS_SYSLOG_INTERVAL", "1m", "duration", "interval for sending to syslog"),
-    Setting("PLASMA_METRICS_SYSLOG_SEVERITY", "0", "int", "syslog severity (0-7)"),
-    Setting("PLASMA_METRICS_SYSLOG_FACILITY", "0", "int", "syslog facility (0-23, Go's order)"),
-    Setting("PLASMA_METRICS_SYSLOG_NETWORK", "", "string", "udp, tcp, unix or empty (local)"),
-    Setting("PLASMA_METRICS_SYSLOG_ADDR", "", "string", "syslog address (host:port or path)"),
-    Setting("PLASMA_HISTORY_SIZE", "10000", "int", "events kept for resume (0: no history)"),
-    Setting("PLASMA_HISTORY_TTL", "5m", "duration", "oldest event kept for resume (0: no limit)"),
-    Setting("PLASMA_CLIENT_BUFFER", "1048576", "int", "bytes a client may have unsent"),
-    Setting("PLASMA_MAX_CONNECTIONS", "50000", "int", "open streams per process, then 503"),
-    Setting("PLASMA_MAX_TYPES", "128", "int", "event types one subscription may list"),
-    Setting("PLASMA_MAX_TYPE_LENGTH", "256", "int", "longest event type a client may ask for"),
-    Setting("PLASMA_MAX_EVENT_SIZE", "1048576", "int", "largest event from the source (bytes)"),
-    Setting("PLASMA_MAX_REQUEST_LINE", "8190", "int", "longest HTTP request line (bytes)"),
-    Setting("PLASMA_MAX_HEADER_SIZE", "8190", "int", "longest HTTP header line (bytes)"),
-    Setting("PLASMA_MAX_HEADERS", "64", "int", "most HTTP request header lines"),
-    Setting("PLASMA_HEADER_TIMEOUT", "10s", "duration", "time to send request headers / preface"),
-    Setting("PLASMA_GRPC_MAX_STREAMS", "100", "int", "concurrent gRPC streams per connection"),
-    Setting("PLASMA_GRPC_MAX_FRAME_SIZE", "16384", "int", "HTTP/2 max frame size we accept"),
-    Setting("PLASMA_WORKERS", "1", "int", "worker processes sharing the port (0: one per core)"),
-)
-
-_BY_NAME = {s.name: s for s in SETTINGS}
-_ALIASES = {"PLASMA_METRICS_SYSLOG_NETWORDK": "PLASMA_METRICS_SYSLOG_NETWORK"}
-
-
-def settings_help() -> str:
-    """The settings table for ``plasma --help``."""
-    width = max(len(s.name) for s in SETTINGS)
-    lines = ["settings (environment variables):"]
-    for s in SETTINGS:
-        default = s.default if s.default else '""'
-        lines.append(f"  {s.name:<{width}}  {s.kind:<9} default {default:<15} {s.help}")
-    return "\n".join(lines)
-
-
-class _Reader:
-    """Reads settings from a mapping, turning every bad value into one ``ConfigError``."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self._env = dict(environ)
-        self.aliased: dict[str, str] = {}
-        """Settings read through an alias: name -> the alias the environment used."""
-        for alias, name in _ALIASES.items():
-            if alias in self._env and name not in self._env:
-                self._env[name] = self._env[alias]
-                self.aliased[name] = alias
-
-    def raw(self, name: str) -> str:
-        value = self._env.get(name)
-        if value is None or value == "":
-            return _BY_NAME[name].default
-        return value
-
-    def get(self, name: str, parse: Callable[[str], Any], expected: str) -> Any:
-        value = self.raw(name)
-        try:
-            return parse(value)
-        except (ValueError, OverflowError):
-            raise ConfigError(name, value, expected) from None
-
-    def string(self, name: str) -> str:
-        return self.raw(name)
-
-    def boolean(self, name: str) -> bool:
-        return bool(self.get(name, parse_bool, "a boolean (true/false, 1/0, t/f)"))
-
-    def integer(self, name: str, low: int | None = None, high: int | None = None) -> int:
-        value = int(self.get(name, _parse_int, "an integer"))
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ConfigError(name, self.raw(name), f"an integer {bounds}")
-        return value
-
-    def duration(self, name: str, *, positive: bool = True) -> float:
-        expected = "a Go duration such as 500ms, 1s or 1m30s"
-        value = float(self.get(name, parse_duration, expected))
-        if value < 0 or (positive and value == 0):
-            raise ConfigError(name, self.raw(name), f"a {'positive' if positive else ''} duration")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...]) -> str:
-        value = self.raw(name).strip().lower()
-        if value not in choices:
-            raise ConfigError(
-                name, self.raw(name), "one of " + ", ".join(c or '""' for c in choices)
-            )
-        return value
-
-    def port(self, name: str, *, optional: bool = False) -> int | None:
-        value = self.raw(name).strip()
-        if optional and value == "":
-            return None
-        try:
-            port = _parse_int(value)
-        except ValueError:
-            port = -1
-        if not 0 <= port <= 65535:
-            raise ConfigError(name, value, "a TCP port number between 0 and 65535")
-        return port
-
-    def level(self, name: str) -> LogLevel:
-        value = self.raw(name).strip().lower()
-        if value == "warning":
-            value = "warn"
-        if value not in ("panic", "fatal", "error", "warn", "info", "debug"):
-            raise ConfigError(name, self.raw(name), "one of panic, fatal, error, warn, info, debug")
-        return value  # type: ignore[return-value]
-
-
 def _parse_addr(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep:
@@ -264,39 +113,333 @@ def _parse_addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "localhost", port
 
 
-# --- the typed configuration -----------------------------------------------------------------
+def _parse_port(text: str) -> int:
+    port = _parse_int(text.strip())
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range")
+    return port
+
+
+def _parse_optional_port(text: str) -> int | None:
+    return _parse_port(text) if text.strip() else None
+
+
+def _parse_level(text: str) -> LogLevel:
+    value = text.strip().lower()
+    if value == "warning":
+        value = "warn"
+    if value not in _LEVELS:
+        raise ValueError(f"unknown level {text!r}")
+    return value  # type: ignore[return-value]
+
+
+def _parse_name(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty name")
+    return text.strip()
+
+
+# --- the settings table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable: name, default text, how to parse it, and one line of help.
+
+    ``help`` is Markdown (the README's table shows it as is; ``--help`` drops the backticks).
+    ``parse`` raises ``ValueError`` for a value it cannot use; ``expected`` then says, in the
+    ``ConfigError``, what would have been accepted.
+    """
+
+    name: str
+    default: str
+    kind: str
+    help: str
+    parse: Callable[[str], Any] = field(repr=False, compare=False)
+    expected: str = ""
+    secret: bool = False
+
+    def read(self, text: str) -> Any:
+        """The typed value of ``text`` (the default when empty); raise ``ConfigError``."""
+        text = text or self.default
+        try:
+            return self.parse(text)
+        except (ValueError, OverflowError):
+            raise ConfigError(self.name, text, self.expected) from None
+
+
+def _string(name: str, default: str, help: str, *, kind: str = "string", **kw: Any) -> Setting:
+    return Setting(name, default, kind, help, str, **kw)
+
+
+def _integer(
+    name: str, default: str, help: str, low: int | None = None, high: int | None = None
+) -> Setting:
+    def parse(text: str) -> int:
+        value = _parse_int(text)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"{value} out of range")
+        return value
+
+    expected = "an integer"
+    if high is not None:
+        expected += f" between {low} and {high}"
+    elif low is not None:
+        expected += f" of at least {low}"
+    return Setting(name, default, "int", help, parse, expected)
+
+
+def _duration(name: str, default: str, help: str, *, zero: bool = False) -> Setting:
+    def parse(text: str) -> float:
+        value = parse_duration(text)
+        if value < 0 or (value == 0 and not zero):
+            raise ValueError(f"duration {text!r} out of range")
+        return value
+
+    which = "a Go duration of 0 or more" if zero else "a positive Go duration"
+    return Setting(name, default, "duration", help, parse, f"{which}, such as 500ms, 1s or 1m30s")
+
+
+def _choice(name: str, default: str, help: str, choices: tuple[str, ...]) -> Setting:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"unknown choice {text!r}")
+        return value
+
+    expected = "one of " + ", ".join(c or '""' for c in choices)
+    return Setting(name, default, "choice", help, parse, expected)
+
+
+def _level(name: str, help: str) -> Setting:
+    return Setting(name, "info", "level", help, _parse_level, "one of " + ", ".join(_LEVELS))
+
+
+def _port(name: str, default: str, help: str) -> Setting:
+    parse = _parse_port if default else _parse_optional_port
+    return Setting(name, default, "port", help, parse, "a TCP port number between 0 and 65535")
+
+
+_LEVEL_HELP = "`panic`, `fatal`, `error`, `warn`, `info`, `debug`"
+
+SETTINGS: tuple[Setting, ...] = (
+    _port("PLASMA_PORT", "8080", "port for SSE, gRPC and the endpoints"),
+    _string("PLASMA_HOST", "", "interface to listen on; empty: all interfaces"),
+    _port("PLASMA_GRPC_PORT", "", "an extra port serving gRPC only; empty: none"),
+    Setting(
+        "PLASMA_DEBUG", "false", "bool", "serve `/debug` (a page to publish test events)",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    _string("PLASMA_ORIGIN", "", "`Access-Control-Allow-Origin` value; empty: omitted"),
+    _integer("PLASMA_SSE_RETRY", "2000", "milliseconds SSE clients wait before reconnecting", 0),
+    Setting(
+        "PLASMA_SSE_EVENTQUERY", "eventType", "string", "query parameter listing the types",
+        _parse_name, "a query parameter name",
+    ),
+    _duration("PLASMA_SSE_HEARTBEAT", "10s", "interval of the `:heartbeat` comment"),
+    _choice(
+        "PLASMA_SUBSCRIBER_TYPE", "mock", "`mock`, `redis` or `redis-stream`",
+        ("mock", "redis", "redis-stream"),
+    ),
+    _duration("PLASMA_SUBSCRIBER_MOCK_INTERVAL", "1s", "mock source: interval between events"),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_ADDR", "localhost:6379", "host:port", "Redis `host:port`",
+        _parse_addr, "host:port, e.g. localhost:6379",
+    ),
+    _string("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "", "Redis password", secret=True),
+    _integer("PLASMA_SUBSCRIBER_REDIS_DB", "0", "Redis database", 0),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_CHANNELS", "", "list",
+        "channels (or streams), comma-separated; required for Redis", _parse_list,
+    ),
+    _choice(
+        "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR", "alive",
+        "`die` (exit 3) or `alive` (keep retrying)", ("alive", "die"),
+    ),
+    _duration("PLASMA_SUBSCRIBER_REDIS_TIMEOUT", "1s", "connect and command timeout"),
+    _duration("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL", "5s", "wait between reconnects"),
+    _integer(
+        "PLASMA_SUBSCRIBER_REDIS_MAX_RETRY", "5",
+        "failed reconnects in a row before `die`/`alive` applies", 1,
+    ),
+    _integer(
+        "PLASMA_HISTORY_SIZE", "10000", "events kept for resume; `0` disables history",
+        0, 10_000_000,
+    ),
+    _duration(
+        "PLASMA_HISTORY_TTL", "5m", "oldest event kept for resume; `0` means no age limit",
+        zero=True,
+    ),
+    _integer(
+        "PLASMA_CLIENT_BUFFER", "1048576", "bytes a client may leave unread before it is cut",
+        1024,
+    ),
+    _integer(
+        "PLASMA_WORKERS", "1", "worker processes sharing the port; `0` = one per core", 0, 256
+    ),
+    _integer(
+        "PLASMA_MAX_CONNECTIONS", "50000",
+        "open SSE + gRPC streams per process; beyond: `503` with `Retry-After` / "
+        "`RESOURCE_EXHAUSTED`",
+        1,
+    ),
+    _integer(
+        "PLASMA_MAX_TYPES", "128",
+        "event types one subscription may list (`400` / `INVALID_ARGUMENT`)", 1,
+    ),
+    _integer("PLASMA_MAX_TYPE_LENGTH", "256", "longest event type a client may ask for", 1),
+    _integer(
+        "PLASMA_MAX_EVENT_SIZE", "1048576",
+        "largest message from the source, in bytes; larger ones are skipped and counted", 64,
+    ),
+    _integer(
+        "PLASMA_MAX_REQUEST_LINE", "8190", "longest HTTP request line (a longer one gets `400`)",
+        256,
+    ),
+    _integer("PLASMA_MAX_HEADER_SIZE", "8190", "longest HTTP header line", 256),
+    _integer("PLASMA_MAX_HEADERS", "64", "most HTTP request header lines", 8),
+    _duration(
+        "PLASMA_HEADER_TIMEOUT", "10s",
+        "time to send a whole request, or the HTTP/2 preface (slow-loris bound); also the idle "
+        "keep-alive time",
+    ),
+    _integer(
+        "PLASMA_GRPC_MAX_STREAMS", "100", "concurrent gRPC streams per HTTP/2 connection", 1
+    ),
+    _integer(
+        "PLASMA_GRPC_MAX_FRAME_SIZE", "16384",
+        "largest HTTP/2 frame plasma accepts (16384 to 16777215)", 16384, 16777215,
+    ),
+    _string("PLASMA_ERROR_LOG_OUT", "stdout", "`stdout`, `stderr` or a file path", kind="output"),
+    _level("PLASMA_ERROR_LOG_LEVEL", _LEVEL_HELP),
+    _string("PLASMA_ACCESS_LOG_OUT", "stdout", "`stdout`, `stderr` or a file path", kind="output"),
+    _level("PLASMA_ACCESS_LOG_LEVEL", "as above; `warn` or higher silences the access log"),
+    _string(
+        "PLASMA_TLS_CERT_FILE", "", "PEM certificate; TLS is on when both files are set",
+        kind="path",
+    ),
+    _string("PLASMA_TLS_KEY_FILE", "", "PEM private key", kind="path"),
+    _choice(
+        "PLASMA_METRICS_TYPE", "", "`log` or `syslog`: periodic metrics sender; empty: off",
+        ("", "log", "syslog"),
+    ),
+    _duration("PLASMA_METRICS_INTERVAL", "10s", "sampling interval"),
+    _string("PLASMA_METRICS_LOG_OUT", "stdout", "metrics log target", kind="output"),
+    _string("PLASMA_METRICS_LOG_PREFIX", "metrics", "prefix of each metrics line"),
+    _integer("PLASMA_METRICS_LOG_FLAG", "4", "Go `log` flags (`4` = `log.Lmicroseconds`)", 0, 127),
+    _duration("PLASMA_METRICS_LOG_INTERVAL", "1m", "interval of metrics log lines"),
+    _string("PLASMA_METRICS_SYSLOG_TAG", "plasma", "syslog tag"),
+    _duration("PLASMA_METRICS_SYSLOG_INTERVAL", "1m", "interval of syslog messages"),
+    _integer(
+        "PLASMA_METRICS_SYSLOG_SEVERITY", "0", "syslog severity (Go's `log/syslog` numbering)",
+        0, 7,
+    ),
+    _integer("PLASMA_METRICS_SYSLOG_FACILITY", "0", "syslog facility (Go's numbering)", 0, 23),
+    _choice(
+        "PLASMA_METRICS_SYSLOG_NETWORK", "",
+        "`udp`, `tcp`, `unix`, `unixgram`; empty: the local syslog; `..._NETWORDK` (the "
+        "original's spelling) works too",
+        ("", "udp", "tcp", "unix", "unixgram"),
+    ),
+    _string(
+        "PLASMA_METRICS_SYSLOG_ADDR", "", "syslog `host:port` or socket path; empty: local"
+    ),
+)  # fmt: skip
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+_ALIASES = {"PLASMA_METRICS_SYSLOG_NETWORDK": "PLASMA_METRICS_SYSLOG_NETWORK"}
+
+
+def setting_default(name: str) -> Any:
+    """The typed default of setting ``name``, e.g. ``setting_default("PLASMA_PORT") == 8080``."""
+    setting = _BY_NAME[name]
+    return setting.parse(setting.default)
+
+
+def settings_help() -> str:
+    """The settings table for ``plasma --help``: name, kind and default, then the help."""
+    width = max(len(s.name) for s in SETTINGS)
+    lines = ["settings (environment variables; empty means the default):"]
+    for s in SETTINGS:
+        default = s.default or '""'
+        lines.append(f"  {s.name:<{width}}  {s.kind:<9} default {default}")
+        indent = " " * 6
+        help = s.help.replace("`", "")
+        lines += textwrap.wrap(help, 96, initial_indent=indent, subsequent_indent=indent)
+    return "\n".join(lines)
+
+
+def settings_markdown() -> str:
+    """The README's settings table (a test keeps the README's copy equal to this)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        lines.append(f"| `{s.name}` | {default} | {s.help} |")
+    return "\n".join(lines)
+
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+class _Reader:
+    """Reads settings from a mapping through the table; every bad value is one ``ConfigError``."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._env = dict(environ)
+        self.aliased: dict[str, str] = {}
+        """Settings read through an alias: name -> the alias the environment used."""
+        for alias, name in _ALIASES.items():
+            if alias in self._env and name not in self._env:
+                self._env[name] = self._env[alias]
+                self.aliased[name] = alias
+
+    def __getitem__(self, name: str) -> Any:
+        return _BY_NAME[name].read(self.raw(name))
+
+    def raw(self, name: str) -> str:
+        return self._env.get(name) or _BY_NAME[name].default
+
+    def section(self, cls: type[_Section], prefix: str) -> _Section:
+        """A section whose every field is read from ``prefix`` + its name in capitals."""
+        return cls(**{f.name: self[prefix + f.name.upper()] for f in fields(cls)})
+
+
+# --- the typed configuration: every default comes from SETTINGS -----------------------------
+
+_d = setting_default
+_DEFAULT_LEVEL: LogLevel = _d("PLASMA_ERROR_LOG_LEVEL")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SSEConfig:
     """How SSE streams are framed: ``SSEConfig(retry_ms=2000, event_query="eventType")``."""
 
-    retry_ms: int = 2000
-    event_query: str = "eventType"
-    heartbeat: float = 10.0
+    retry_ms: int = _d("PLASMA_SSE_RETRY")
+    event_query: str = _d("PLASMA_SSE_EVENTQUERY")
+    heartbeat: float = _d("PLASMA_SSE_HEARTBEAT")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisConfig:
-    """The Redis pub/sub source. ``password`` never appears in ``repr``."""
+    """The Redis source (pub/sub or streams). ``password`` never appears in ``repr``."""
 
-    host: str = "localhost"
-    port: int = 6379
-    password: str = field(default="", repr=False)
-    db: int = 0
-    channels: tuple[str, ...] = ()
-    over_max_retry: Literal["die", "alive"] = "alive"
-    timeout: float = 1.0
-    retry_interval: float = 5.0
-    max_retry: int = 5
+    host: str = _d("PLASMA_SUBSCRIBER_REDIS_ADDR")[0]
+    port: int = _d("PLASMA_SUBSCRIBER_REDIS_ADDR")[1]
+    password: str = field(default=_d("PLASMA_SUBSCRIBER_REDIS_PASSWORD"), repr=False)
+    db: int = _d("PLASMA_SUBSCRIBER_REDIS_DB")
+    channels: tuple[str, ...] = _d("PLASMA_SUBSCRIBER_REDIS_CHANNELS")
+    over_max_retry: Literal["die", "alive"] = _d("PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR")
+    timeout: float = _d("PLASMA_SUBSCRIBER_REDIS_TIMEOUT")
+    retry_interval: float = _d("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL")
+    max_retry: int = _d("PLASMA_SUBSCRIBER_REDIS_MAX_RETRY")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourceConfig:
-    """Where events come from: ``type`` is ``mock`` or ``redis``."""
+    """Where events come from: ``type`` is ``mock``, ``redis`` or ``redis-stream``."""
 
-    type: Literal["mock", "redis", "redis-stream"] = "mock"
-    mock_interval: float = 1.0
+    type: Literal["mock", "redis", "redis-stream"] = _d("PLASMA_SUBSCRIBER_TYPE")
+    mock_interval: float = _d("PLASMA_SUBSCRIBER_MOCK_INTERVAL")
     redis: RedisConfig = field(default_factory=RedisConfig)
 
 
@@ -304,16 +447,16 @@ class SourceConfig:
 class LogConfig:
     """One log stream: ``out`` is ``stdout``, ``stderr`` or a file path."""
 
-    out: str = "stdout"
-    level: LogLevel = "info"
+    out: str = _d("PLASMA_ERROR_LOG_OUT")
+    level: LogLevel = _DEFAULT_LEVEL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSConfig:
     """TLS is on when both files are set."""
 
-    cert_file: str = ""
-    key_file: str = ""
+    cert_file: str = _d("PLASMA_TLS_CERT_FILE")
+    key_file: str = _d("PLASMA_TLS_KEY_FILE")
 
     @property
     def enabled(self) -> bool:
@@ -324,45 +467,45 @@ class TLSConfig:
 class MetricsConfig:
     """The periodic metrics sender (``type`` empty: off)."""
 
-    type: Literal["", "log", "syslog"] = ""
-    interval: float = 10.0
-    log_out: str = "stdout"
-    log_prefix: str = "metrics"
-    log_flag: int = 4
-    log_interval: float = 60.0
-    syslog_tag: str = "plasma"
-    syslog_interval: float = 60.0
-    syslog_severity: int = 0
-    syslog_facility: int = 0
-    syslog_network: str = ""
-    syslog_addr: str = ""
+    type: Literal["", "log", "syslog"] = _d("PLASMA_METRICS_TYPE")
+    interval: float = _d("PLASMA_METRICS_INTERVAL")
+    log_out: str = _d("PLASMA_METRICS_LOG_OUT")
+    log_prefix: str = _d("PLASMA_METRICS_LOG_PREFIX")
+    log_flag: int = _d("PLASMA_METRICS_LOG_FLAG")
+    log_interval: float = _d("PLASMA_METRICS_LOG_INTERVAL")
+    syslog_tag: str = _d("PLASMA_METRICS_SYSLOG_TAG")
+    syslog_interval: float = _d("PLASMA_METRICS_SYSLOG_INTERVAL")
+    syslog_severity: int = _d("PLASMA_METRICS_SYSLOG_SEVERITY")
+    syslog_facility: int = _d("PLASMA_METRICS_SYSLOG_FACILITY")
+    syslog_network: str = _d("PLASMA_METRICS_SYSLOG_NETWORK")
+    syslog_addr: str = _d("PLASMA_METRICS_SYSLOG_ADDR")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     """What one client or message may cost; beyond it, a clean refusal."""
 
-    max_connections: int = 50000
-    max_types: int = 128
-    max_type_length: int = 256
-    max_event_size: int = 1 << 20
-    max_request_line: int = 8190
-    max_header_size: int = 8190
-    max_headers: int = 64
-    header_timeout: float = 10.0
-    grpc_max_streams: int = 100
-    grpc_max_frame_size: int = 16384
+    max_connections: int = _d("PLASMA_MAX_CONNECTIONS")
+    max_types: int = _d("PLASMA_MAX_TYPES")
+    max_type_length: int = _d("PLASMA_MAX_TYPE_LENGTH")
+    max_event_size: int = _d("PLASMA_MAX_EVENT_SIZE")
+    max_request_line: int = _d("PLASMA_MAX_REQUEST_LINE")
+    max_header_size: int = _d("PLASMA_MAX_HEADER_SIZE")
+    max_headers: int = _d("PLASMA_MAX_HEADERS")
+    header_timeout: float = _d("PLASMA_HEADER_TIMEOUT")
+    grpc_max_streams: int = _d("PLASMA_GRPC_MAX_STREAMS")
+    grpc_max_frame_size: int = _d("PLASMA_GRPC_MAX_FRAME_SIZE")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything plasma needs to start, e.g. ``Config.from_env({"PLASMA_PORT": "9000"})``."""
 
-    host: str = ""
-    port: int = 8080
-    grpc_port: int | None = None
-    debug: bool = False
-    origin: str = ""
+    host: str = _d("PLASMA_HOST")
+    port: int = _d("PLASMA_PORT")
+    grpc_port: int | None = _d("PLASMA_GRPC_PORT")
+    debug: bool = _d("PLASMA_DEBUG")
+    origin: str = _d("PLASMA_ORIGIN")
     sse: SSEConfig = field(default_factory=SSEConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     error_log: LogConfig = field(default_factory=LogConfig)
@@ -370,10 +513,10 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    history_size: int = 10000
-    history_ttl: float = 300.0
-    client_buffer: int = 1 << 20
-    workers: int = 1
+    history_size: int = _d("PLASMA_HISTORY_SIZE")
+    history_ttl: float = _d("PLASMA_HISTORY_TTL")
+    client_buffer: int = _d("PLASMA_CLIENT_BUFFER")
+    workers: int = _d("PLASMA_WORKERS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -390,94 +533,54 @@ class Config:
 
     @classmethod
     def _build(cls, r: _Reader) -> Config:
-        source_type = r.choice("PLASMA_SUBSCRIBER_TYPE", ("mock", "redis", "redis-stream"))
-        host, port = r.get(
-            "PLASMA_SUBSCRIBER_REDIS_ADDR", _parse_addr, "host:port, e.g. localhost:6379"
-        )
-        channels = _parse_list(r.string("PLASMA_SUBSCRIBER_REDIS_CHANNELS"))
+        source_type = r["PLASMA_SUBSCRIBER_TYPE"]
+        host, port = r["PLASMA_SUBSCRIBER_REDIS_ADDR"]
+        channels = r["PLASMA_SUBSCRIBER_REDIS_CHANNELS"]
         if source_type != "mock" and not channels:
             raise ConfigError(
                 "PLASMA_SUBSCRIBER_REDIS_CHANNELS",
                 r.raw("PLASMA_SUBSCRIBER_REDIS_CHANNELS"),
                 f"at least one channel (or stream) name when PLASMA_SUBSCRIBER_TYPE={source_type}",
             )
-        redis = RedisConfig(
-            host=host,
-            port=port,
-            password=r.string("PLASMA_SUBSCRIBER_REDIS_PASSWORD"),
-            db=r.integer("PLASMA_SUBSCRIBER_REDIS_DB", 0),
-            channels=channels,
-            over_max_retry=r.choice(  # type: ignore[arg-type]
-                "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR", ("alive", "die")
-            ),
-            timeout=r.duration("PLASMA_SUBSCRIBER_REDIS_TIMEOUT"),
-            retry_interval=r.duration("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL"),
-            max_retry=r.integer("PLASMA_SUBSCRIBER_REDIS_MAX_RETRY", 1),
-        )
-        tls = TLSConfig(
-            cert_file=r.string("PLASMA_TLS_CERT_FILE"), key_file=r.string("PLASMA_TLS_KEY_FILE")
-        )
+        tls = TLSConfig(cert_file=r["PLASMA_TLS_CERT_FILE"], key_file=r["PLASMA_TLS_KEY_FILE"])
         if bool(tls.cert_file) != bool(tls.key_file):
             missing = "PLASMA_TLS_KEY_FILE" if tls.cert_file else "PLASMA_TLS_CERT_FILE"
             raise ConfigError(missing, "", "a file path: TLS needs both cert and key files")
-        metrics_type = r.choice("PLASMA_METRICS_TYPE", ("", "log", "syslog"))
-        metrics = MetricsConfig(
-            type=metrics_type,  # type: ignore[arg-type]
-            interval=r.duration("PLASMA_METRICS_INTERVAL"),
-            log_out=r.string("PLASMA_METRICS_LOG_OUT"),
-            log_prefix=r.string("PLASMA_METRICS_LOG_PREFIX"),
-            log_flag=r.integer("PLASMA_METRICS_LOG_FLAG", 0, 127),
-            log_interval=r.duration("PLASMA_METRICS_LOG_INTERVAL"),
-            syslog_tag=r.string("PLASMA_METRICS_SYSLOG_TAG"),
-            syslog_interval=r.duration("PLASMA_METRICS_SYSLOG_INTERVAL"),
-            syslog_severity=r.integer("PLASMA_METRICS_SYSLOG_SEVERITY", 0, 7),
-            syslog_facility=r.integer("PLASMA_METRICS_SYSLOG_FACILITY", 0, 23),
-            syslog_network=r.choice(
-                "PLASMA_METRICS_SYSLOG_NETWORK", ("", "udp", "tcp", "unix", "unixgram")
-            ),
-            syslog_addr=r.string("PLASMA_METRICS_SYSLOG_ADDR"),
-        )
-        event_query = r.string("PLASMA_SSE_EVENTQUERY").strip()
-        if not event_query:
-            raise ConfigError("PLASMA_SSE_EVENTQUERY", event_query, "a query parameter name")
         return cls(
-            host=r.string("PLASMA_HOST").strip(),
-            port=r.port("PLASMA_PORT") or 0,
-            grpc_port=r.port("PLASMA_GRPC_PORT", optional=True),
-            debug=r.boolean("PLASMA_DEBUG"),
-            origin=r.string("PLASMA_ORIGIN"),
+            host=r["PLASMA_HOST"].strip(),
+            port=r["PLASMA_PORT"],
+            grpc_port=r["PLASMA_GRPC_PORT"],
+            debug=r["PLASMA_DEBUG"],
+            origin=r["PLASMA_ORIGIN"],
             sse=SSEConfig(
-                retry_ms=r.integer("PLASMA_SSE_RETRY", 0),
-                event_query=event_query,
-                heartbeat=r.duration("PLASMA_SSE_HEARTBEAT"),
+                retry_ms=r["PLASMA_SSE_RETRY"],
+                event_query=r["PLASMA_SSE_EVENTQUERY"],
+                heartbeat=r["PLASMA_SSE_HEARTBEAT"],
             ),
             source=SourceConfig(
-                type=source_type,  # type: ignore[arg-type]
-                mock_interval=r.duration("PLASMA_SUBSCRIBER_MOCK_INTERVAL"),
-                redis=redis,
+                type=source_type,
+                mock_interval=r["PLASMA_SUBSCRIBER_MOCK_INTERVAL"],
+                redis=RedisConfig(
+                    host=host,
+                    port=port,
+                    password=r["PLASMA_SUBSCRIBER_REDIS_PASSWORD"],
+                    db=r["PLASMA_SUBSCRIBER_REDIS_DB"],
+                    channels=channels,
+                    over_max_retry=r["PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR"],
+                    timeout=r["PLASMA_SUBSCRIBER_REDIS_TIMEOUT"],
+                    retry_interval=r["PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL"],
+                    max_retry=r["PLASMA_SUBSCRIBER_REDIS_MAX_RETRY"],
+                ),
             ),
-            error_log=LogConfig(
-                out=r.string("PLASMA_ERROR_LOG_OUT"), level=r.level("PLASMA_ERROR_LOG_LEVEL")
-            ),
+            error_log=LogConfig(out=r["PLASMA_ERROR_LOG_OUT"], level=r["PLASMA_ERROR_LOG_LEVEL"]),
             access_log=LogConfig(
-                out=r.string("PLASMA_ACCESS_LOG_OUT"), level=r.level("PLASMA_ACCESS_LOG_LEVEL")
+                out=r["PLASMA_ACCESS_LOG_OUT"], level=r["PLASMA_ACCESS_LOG_LEVEL"]
             ),
             tls=tls,
-            metrics=metrics,
-            limits=LimitsConfig(
-                max_connections=r.integer("PLASMA_MAX_CONNECTIONS", 1),
-                max_types=r.integer("PLASMA_MAX_TYPES", 1),
-                max_type_length=r.integer("PLASMA_MAX_TYPE_LENGTH", 1),
-                max_event_size=r.integer("PLASMA_MAX_EVENT_SIZE", 64),
-                max_request_line=r.integer("PLASMA_MAX_REQUEST_LINE", 256),
-                max_header_size=r.integer("PLASMA_MAX_HEADER_SIZE", 256),
-                max_headers=r.integer("PLASMA_MAX_HEADERS", 8),
-                header_timeout=r.duration("PLASMA_HEADER_TIMEOUT"),
-                grpc_max_streams=r.integer("PLASMA_GRPC_MAX_STREAMS", 1),
-                grpc_max_frame_size=r.integer("PLASMA_GRPC_MAX_FRAME_SIZE", 16384, 16777215),
-            ),
-            history_size=r.integer("PLASMA_HISTORY_SIZE", 0, 10_000_000),
-            history_ttl=r.duration("PLASMA_HISTORY_TTL", positive=False),
-            client_buffer=r.integer("PLASMA_CLIENT_BUFFER", 1024),
-            workers=r.integer("PLASMA_WORKERS", 0, 256),
+            metrics=r.section(MetricsConfig, "PLASMA_METRICS_"),
+            limits=r.section(LimitsConfig, "PLASMA_"),
+            history_size=r["PLASMA_HISTORY_SIZE"],
+            history_ttl=r["PLASMA_HISTORY_TTL"],
+            client_buffer=r["PLASMA_CLIENT_BUFFER"],
+            workers=r["PLASMA_WORKERS"],
         )

@@ -4,7 +4,7 @@ PlasmaError
 ├── ConfigError      a setting is wrong: print the message, exit 2
 ├── StartupError     the server cannot start (port in use, bad TLS files): exit 1
 ├── SourceError      the broker connection failed: reconnect with back-off
-│   └── SourceGaveUp the retry budget is spent and the policy says die: exit 1
+│   └── SourceGaveUp the retry budget is spent and the policy says die: exit 3
 └── InvalidEvent     a message on a channel is not an event: count, log, skip
 """
 

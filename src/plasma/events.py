@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
+from plasma.config import setting_default
 from plasma.errors import InvalidEvent
 
 __all__ = ["MAX_EVENT_BYTES", "Encoder", "Event", "parse_event", "type_prefixes"]
 
-MAX_EVENT_BYTES = 1 << 20
+MAX_EVENT_BYTES: int = setting_default("PLASMA_MAX_EVENT_SIZE")
 """Default upper bound of one incoming message; larger ones are skipped."""
 
 Encoder = Callable[["Event"], bytes]

@@ -27,10 +27,6 @@ class History:
         self._base = 0  # absolute position of self._events[0]
         self._next = 0  # absolute position of the next event appended
 
-    @property
-    def enabled(self) -> bool:
-        return self.size > 0
-
     def __len__(self) -> int:
         return len(self._events)
 

@@ -18,7 +18,7 @@ from typing import Protocol
 import orjson
 
 from plasma.errors import InvalidEvent
-from plasma.events import Encoder, Event, parse_event, type_prefixes
+from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
 from plasma.history import History
 from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
@@ -73,15 +73,13 @@ class Hub:
         *,
         history_size: int = 0,
         history_ttl: float = 0.0,
-        max_event_bytes: int | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
         epoch: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.epoch = epoch or secrets.token_hex(4)
         """Names this hub's incarnation in its ids, so ids from another process never match."""
         self.history = History(history_size, history_ttl)
-        self.gaps = 0
-        """Resumes that history could not serve (a gap event was sent)."""
         self.archive: Archive | None = None
         self._index: dict[str, dict[Subscriber, None]] = {}
         self._types: dict[Subscriber, tuple[str, ...]] = {}
@@ -95,7 +93,7 @@ class Hub:
         self._unflushed: list[float] = []
         self._flush_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._max_event_bytes = max_event_bytes or (1 << 20)
+        self._max_event_bytes = max_event_bytes
 
     # --- subscriptions ---------------------------------------------------------------------
 
@@ -144,7 +142,6 @@ class Hub:
                 missed.extend(e for e in live if e.id not in seen)
         complete = missed is not None
         if missed is None:
-            self.gaps += 1
             missed = [self._gap_event(last_event_id), *live]
         wanted = set(types)
         for event in missed:

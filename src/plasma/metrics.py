@@ -8,6 +8,7 @@ several worker processes are summed with ``merge_snapshots`` into one for the wh
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import os
@@ -31,8 +32,8 @@ __all__ = [
     "TRANSPORTS",
     "Histogram",
     "Metrics",
+    "RuntimeStats",
     "merge_snapshots",
-    "runtime_snapshot",
 ]
 
 TRANSPORTS = ("sse", "grpc")
@@ -95,6 +96,8 @@ class Metrics:
         self.source_reconnects = 0
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
+        self.runtime = RuntimeStats()
+        """Runtime figures; the server starts and stops their sampling."""
 
     def event_skipped(self, reason: str) -> None:
         self.events_skipped[reason] += 1
@@ -157,7 +160,7 @@ class Metrics:
             started=self.started,
             uptime_seconds=uptime,
         )
-        out.update(runtime_snapshot())
+        out.update(self.runtime.snapshot())
         out["processes"] = [
             {
                 "pid": out["pid"],
@@ -254,9 +257,6 @@ def _sum_lists(lists: Iterable[list[Any]]) -> list[Any]:
 
 # --- runtime figures ---------------------------------------------------------------------------
 
-_last_gc: dict[str, float] = {"time": time.monotonic(), "collections": 0.0, "paused": 0.0}
-_process = ProcessCollector(registry=None)
-
 
 class _GCWatch:
     """Times every cyclic-GC pass (``gc.callbacks``): Go's PauseNs and LastGC, for Python."""
@@ -277,8 +277,99 @@ class _GCWatch:
         self.last_end_ns = time.time_ns()
 
 
-_gc_watch = _GCWatch()
-gc.callbacks.append(_gc_watch)
+class RuntimeStats:
+    """Python's nearest equivalents of the Go runtime figures in the original's table.
+
+    ``start`` (called by the server) installs the GC timer and samples the collection count
+    every ``interval`` seconds; ``gc_per_second`` and ``gc_pause_per_second`` are rates over
+    the last ``window`` seconds of samples, so they do not depend on who reads them or how
+    often (``/metrics``, the metrics sender and sibling workers all read). Before ``start``
+    the rates cover the time since construction and no pause is timed. ``stop`` undoes both.
+    """
+
+    def __init__(self, *, interval: float = 1.0, window: float = 10.0) -> None:
+        self.interval = interval
+        self._gc = _GCWatch()
+        self._process = ProcessCollector(registry=None)
+        self._samples: deque[tuple[float, int, float]] = deque(
+            [self._sample()], maxlen=max(2, round(window / interval) + 1)
+        )
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Time every collection and sample the counts on the running loop."""
+        if self._timer is not None:
+            return
+        gc.callbacks.append(self._gc)
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        self._timer = None
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
+
+    def _sample(self) -> tuple[float, int, float]:
+        collections = sum(s["collections"] for s in gc.get_stats())
+        return time.monotonic(), collections, self._gc.paused
+
+    def _tick(self) -> None:
+        self._samples.append(self._sample())
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._tick)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The figures now; reading changes nothing."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        stats = gc.get_stats()
+        now, collections, paused = self._sample()
+        since, collections_then, paused_then = self._samples[0]
+        elapsed = max(now - since, 1e-9)
+        gc_per_second = (collections - collections_then) / elapsed
+        pause_per_second = (paused - paused_then) / elapsed
+        heap = _malloc_figures()
+        threshold, count = gc.get_threshold()[0], gc.get_count()[0]
+        watch = self._gc
+        return {
+            "python_version": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "os": sys.platform,
+            "arch": platform.machine(),
+            "cpu_num": os.cpu_count() or 1,
+            "thread_num": threading.active_count(),
+            "pid": os.getpid(),
+            "memory_rss": _rss_bytes(),
+            "memory_max_rss": usage.ru_maxrss * 1024,
+            "cpu_user_seconds": usage.ru_utime,
+            "cpu_system_seconds": usage.ru_stime,
+            # The original's runtime-neutral keys, with CPython's nearest measure; null where
+            # CPython keeps no such figure (cumulative allocation counts, memory returned to
+            # the OS).
+            "memory_alloc": heap["in_use"],
+            "memory_total_alloc": None,
+            "memory_sys": _rss_bytes(),
+            "memory_lookups": 0,
+            "memory_mallocs": None,
+            "memory_frees": None,
+            "memory_stack": _stack_bytes(),
+            "heap_alloc": heap["in_use"],
+            "heap_sys": heap["system"],
+            "heap_idle": heap["free"],
+            "heap_inuse": heap["in_use"],
+            "heap_released": None,
+            "heap_objects": sys.getallocatedblocks(),
+            "gc_next": max(0, threshold - count),
+            "gc_last": watch.last_end_ns,
+            "gc_num": collections,
+            "gc_per_second": round(gc_per_second, 3),
+            "gc_pause_per_second": round(pause_per_second, 6),
+            "gc_pause": [round(p * 1000, 4) for p in watch.pauses],
+            "gc_generations": [s["collections"] for s in stats],
+            "gc_counts": list(gc.get_count()),
+            "open_fds": _open_fds(),
+            "process": _process_figures(self._process.collect),
+        }
 
 
 class _MallInfo2(ctypes.Structure):
@@ -315,58 +406,6 @@ def _stack_bytes() -> int | None:
     except OSError:
         pass
     return None
-
-
-def runtime_snapshot() -> dict[str, Any]:
-    """Python's nearest equivalents of the Go runtime figures in the original's table."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    stats = gc.get_stats()
-    collections = sum(s["collections"] for s in stats)
-    now = time.monotonic()
-    elapsed = max(now - _last_gc["time"], 1e-9)
-    gc_per_second = (collections - _last_gc["collections"]) / elapsed
-    pause_per_second = (_gc_watch.paused - _last_gc["paused"]) / elapsed
-    _last_gc.update(time=now, collections=collections, paused=_gc_watch.paused)
-    heap = _malloc_figures()
-    threshold, count = gc.get_threshold()[0], gc.get_count()[0]
-    return {
-        "python_version": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "os": sys.platform,
-        "arch": platform.machine(),
-        "cpu_num": os.cpu_count() or 1,
-        "thread_num": threading.active_count(),
-        "pid": os.getpid(),
-        "memory_rss": _rss_bytes(),
-        "memory_max_rss": usage.ru_maxrss * 1024,
-        "cpu_user_seconds": usage.ru_utime,
-        "cpu_system_seconds": usage.ru_stime,
-        # The original's runtime-neutral keys, with CPython's nearest measure; null where
-        # CPython keeps no such figure (cumulative allocation counts, memory returned to the OS).
-        "memory_alloc": heap["in_use"],
-        "memory_total_alloc": None,
-        "memory_sys": _rss_bytes(),
-        "memory_lookups": 0,
-        "memory_mallocs": None,
-        "memory_frees": None,
-        "memory_stack": _stack_bytes(),
-        "heap_alloc": heap["in_use"],
-        "heap_sys": heap["system"],
-        "heap_idle": heap["free"],
-        "heap_inuse": heap["in_use"],
-        "heap_released": None,
-        "heap_objects": sys.getallocatedblocks(),
-        "gc_next": max(0, threshold - count),
-        "gc_last": _gc_watch.last_end_ns,
-        "gc_num": collections,
-        "gc_per_second": round(gc_per_second, 3),
-        "gc_pause_per_second": round(pause_per_second, 6),
-        "gc_pause": [round(p * 1000, 4) for p in _gc_watch.pauses],
-        "gc_generations": [s["collections"] for s in stats],
-        "gc_counts": list(gc.get_count()),
-        "open_fds": _open_fds(),
-        "process": _process_figures(_process.collect),
-    }
 
 
 def _process_figures(collect: Callable[[], Iterable[Any]]) -> dict[str, float]:

@@ -147,6 +147,7 @@ class Server:
         self._source_task = loop.create_task(self._run_source())
         if self.peers is not None:
             self._peers_task = loop.create_task(self._share_metrics(self.peers))
+        self.metrics.runtime.start()
         # Start-up objects live forever: keep them out of every future collection's scan
         # (20,000 streams make each full collection costly otherwise).
         gc.collect()
@@ -266,6 +267,7 @@ class Server:
         for server in self._listeners:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.metrics.runtime.stop()
         log.info("plasma stopped")
 
 

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["MAX_TYPES", "MAX_TYPE_LENGTH", "InvalidSubscription", "parse_types", "split_types"]
-
-MAX_TYPES = 128
-"""Most event types one subscription may list."""
-MAX_TYPE_LENGTH = 256
-"""Longest event type a subscriber may ask for."""
+__all__ = ["InvalidSubscription", "parse_types", "split_types"]
 
 
 class InvalidSubscription(ValueError):
@@ -21,10 +16,11 @@ def split_types(text: str) -> list[str]:
     return [part.strip() for part in text.split(",")]
 
 
-def parse_types(
-    types: Iterable[str], *, max_types: int = MAX_TYPES, max_length: int = MAX_TYPE_LENGTH
-) -> tuple[str, ...]:
-    """Validate requested types; drop blanks and repeats; raise ``InvalidSubscription``."""
+def parse_types(types: Iterable[str], *, max_types: int, max_length: int) -> tuple[str, ...]:
+    """Validate requested types; drop blanks and repeats; raise ``InvalidSubscription``.
+
+    The bounds are ``PLASMA_MAX_TYPES`` and ``PLASMA_MAX_TYPE_LENGTH`` (``LimitsConfig``).
+    """
     out: dict[str, None] = {}
     for t in types:
         t = t.strip()

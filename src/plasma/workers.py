@@ -24,13 +24,13 @@ from multiprocessing.process import BaseProcess
 
 from plasma.config import Config
 from plasma.errors import StartupError
+from plasma.logging import configure_logging
+from plasma.process import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, run_server
 
-__all__ = ["EXIT_SOURCE_GAVE_UP", "EXIT_STARTUP", "run_workers", "worker_count"]
+__all__ = ["run_workers", "worker_count"]
 
 log = logging.getLogger("plasma.workers")
 
-EXIT_STARTUP = 1
-EXIT_SOURCE_GAVE_UP = 3
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _DRAIN_TIMEOUT = 10.0
 _RESTART_DELAY = 0.5
@@ -61,9 +61,6 @@ def _check_port(config: Config) -> None:
 
 def _worker_main(config: Config, worker_id: int, peers_dir: str) -> None:
     """Entry point of one worker process."""
-    from plasma.cli import run_server
-    from plasma.logging import configure_logging
-
     configure_logging(config.error_log, config.access_log)
     sys.exit(run_server(config, worker_id=worker_id, peers_dir=peers_dir))
 

@@ -70,7 +70,9 @@ async def test_mock_source_publish_goes_into_the_hub() -> None:
     source = MockSource(3600, metrics)
     task = asyncio.create_task(source.run(hub))
     try:
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            while not metrics.source_up:  # run() has handed the source its hub
+                await asyncio.sleep(0.01)
         await source.publish(b'{"meta":{"type":"debug:x"},"data":{"ok":true}}')
         async with asyncio.timeout(5):
             while not collector.events:

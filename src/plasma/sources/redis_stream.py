@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from plasma.config import RedisConfig
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import Event, parse_event
-from plasma.sources.redis import _PROBE_TIMEOUT, RedisSource, _quietly
+from plasma.metrics import Metrics
+from plasma.sources.redis_connection import PROBE_TIMEOUT, RedisConnection, quietly
 
 if TYPE_CHECKING:
     from plasma.hub import Hub
@@ -56,24 +58,34 @@ def _payload(fields: dict[bytes, bytes]) -> bytes | None:
     return value
 
 
-class RedisStreamSource(RedisSource):
+class RedisStreamSource:
     """Reads ``config.channels`` as stream keys, from where it started, across reconnects."""
 
     name = "redis-stream"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, config: RedisConfig, metrics: Metrics) -> None:
+        self._redis = RedisConnection(config, metrics, name=self.name, log=log)
         self._positions: dict[str, str] | None = None
 
+    async def run(self, hub: Hub) -> None:
+        await self._redis.run(lambda: self._listen(hub))
+
+    async def healthy(self) -> bool:
+        return await self._redis.healthy()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
     async def _listen(self, hub: Hub) -> None:
-        c = self._config
-        client = self._client(timeout=None)
+        redis = self._redis
+        c = redis.config
+        client = redis.client(timeout=None)
         try:
             if self._positions is None:
                 self._positions = await asyncio.wait_for(self._tails(client), c.timeout * 5)
                 newest = max(self._positions.values(), key=_order)
                 hub.mark_start(newest)
-            self._on_connected("reading")
+            redis.connected("reading")
             positions = self._positions
             block_ms = max(1, int(c.timeout * 1000))
             while True:
@@ -98,15 +110,15 @@ class RedisStreamSource(RedisSource):
                 for _, eid, stream, payload in batch:
                     hub.publish_raw(payload if payload is not None else b"", stream, eid)
         except TimeoutError as exc:
-            raise SourceError(f"redis at {self.address} did not answer") from exc
+            raise SourceError(f"redis at {redis.address} did not answer") from exc
         finally:
-            self._metrics.source_up = 0
-            await _quietly(client.aclose())
+            redis.disconnected()
+            await quietly(client.aclose())
 
     async def _tails(self, client: Any) -> dict[str, str]:
         """Each stream's newest id now: reading starts there, missing streams at ``0-0``."""
         tails = {}
-        for stream in self._config.channels:
+        for stream in self._redis.config.channels:
             newest = await client.xrevrange(stream, count=1)
             tails[stream] = newest[0][0].decode() if newest else "0-0"
         return tails
@@ -116,14 +128,15 @@ class RedisStreamSource(RedisSource):
         if not _STREAM_ID.match(event_id):
             return None
         after = _order(event_id)
+        redis = self._redis
         try:
             found: list[tuple[tuple[int, int], Event]] = []
-            for stream in self._config.channels:
+            for stream in redis.config.channels:
                 if not await self._still_has(stream, after):
                     return None
                 entries: Any = await asyncio.wait_for(
-                    self._probe.xrange(stream, min=f"({event_id}", count=_REPLAY_LIMIT),
-                    self._config.timeout * 5,
+                    redis.probe.xrange(stream, min=f"({event_id}", count=_REPLAY_LIMIT),
+                    redis.config.timeout * 5,
                 )
                 for entry_id, fields in entries:
                     payload = _payload(fields)
@@ -138,9 +151,9 @@ class RedisStreamSource(RedisSource):
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
                 "cannot read missed events from redis; sending a gap",
-                extra={"addr": self.address, "error": str(exc) or type(exc).__name__},
+                extra={"addr": redis.address, "error": str(exc) or type(exc).__name__},
             )
-            await _quietly(self._probe.connection_pool.disconnect())
+            await redis.reset_probe()
             return None
         found.sort(key=lambda item: item[0])
         return [event for _, event in found]
@@ -148,7 +161,8 @@ class RedisStreamSource(RedisSource):
     async def _still_has(self, stream: str, after: tuple[int, int]) -> bool:
         """Whether every entry after ``after`` is still in ``stream`` (none trimmed or deleted)."""
         try:
-            info = await asyncio.wait_for(self._probe.xinfo_stream(stream), _PROBE_TIMEOUT * 2)
+            probe = self._redis.probe
+            info = await asyncio.wait_for(probe.xinfo_stream(stream), PROBE_TIMEOUT * 2)
         except ResponseError:  # no such stream: nothing was ever there to miss
             return True
         if after > _order(_text(info.get("last-generated-id"))):
@@ -164,10 +178,11 @@ class RedisStreamSource(RedisSource):
         return not (removed and after < _order(_text(first[0])))
 
     async def publish(self, raw: bytes) -> None:
+        redis = self._redis
         try:
             await asyncio.wait_for(
-                self._probe.xadd(self._config.channels[0], {EVENT_FIELD: raw}), _PROBE_TIMEOUT
+                redis.probe.xadd(redis.config.channels[0], {EVENT_FIELD: raw}), PROBE_TIMEOUT
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            await _quietly(self._probe.connection_pool.disconnect())
-            raise SourceError(f"cannot add to redis stream at {self.address}: {exc}") from exc
+            await redis.reset_probe()
+            raise SourceError(f"cannot add to redis stream at {redis.address}: {exc}") from exc

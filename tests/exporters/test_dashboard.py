@@ -17,7 +17,7 @@ from tests.support import PlasmaProcess, http
 
 pytestmark = pytest.mark.integration
 
-DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "plasma-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "plasma-dashboard.json"
 # Labels Prometheus itself attaches to every scraped series.
 TARGET_LABELS = {"instance", "job"}
 _SERIES = re.compile(r"\b((?:plasma|process|python)_[a-zA-Z0-9_]*)\b")

@@ -1,0 +1,62 @@
+"""One server process: raise the open-file limit, pick the event loop, map failures to exit codes.
+
+Both the command line (one process) and every worker process of the supervisor run a server
+through ``run_server``, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+
+from plasma.config import Config
+from plasma.errors import SourceGaveUp, StartupError
+
+__all__ = ["EXIT_SOURCE_GAVE_UP", "EXIT_STARTUP", "raise_open_file_limit", "run_server"]
+
+log = logging.getLogger("plasma.process")
+
+EXIT_STARTUP = 1
+"""The server cannot start (port in use, unreadable TLS files)."""
+EXIT_SOURCE_GAVE_UP = 3
+"""The source spent its retries and ``PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR=die``."""
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open files to the hard one, as Go does: one fd per client."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = 1 << 20
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> int:
+    """Run one server process in this process; return the exit status."""
+    from plasma.server import serve
+
+    raise_open_file_limit()
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir))
+    except StartupError as exc:
+        log.critical(str(exc))
+        print(f"plasma: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except SourceGaveUp as exc:
+        log.critical("giving up: %s", exc)
+        return EXIT_SOURCE_GAVE_UP
+    except KeyboardInterrupt:
+        return 0
+    return 0
