@@ -20,12 +20,12 @@ from plasma.hub import Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
-from plasma.transports.grpc import GrpcTransport
-from plasma.transports.http import create_http_server
+from plasma.transports.grpc.transport import GrpcTransport
+from plasma.transports.http.meta import MetaEndpoints
+from plasma.transports.http.server import create_http_server
 from plasma.transports.listener import SniffingFactory
-from plasma.transports.meta import MetaEndpoints
-from plasma.transports.sse import SSETransport, wants_sse
-from plasma.transports.sse_connection import SSEConnection
+from plasma.transports.sse.connection import SSEConnection
+from plasma.transports.sse.transport import SSETransport, wants_sse
 
 __all__ = ["Server", "make_tls_context", "serve"]
 

@@ -21,8 +21,8 @@ import grpc
 import pytest
 
 from plasma.events import Event
-from plasma.transports import grpc_proto
-from plasma.transports.grpc import encode_payload
+from plasma.transports.grpc import proto as grpc_proto
+from plasma.transports.grpc.transport import encode_payload
 from tests.support import (
     PlasmaProcess,
     RedisServer,
@@ -34,7 +34,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "src" / "plasma" / "transports"
+PROTO_DIR = Path(__file__).resolve().parents[2] / "src" / "plasma" / "transports" / "grpc"
 
 
 # --- helpers shared with test_grpc_extras.py and test_tls.py -------------------------------------

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from plasma.transports import grpc_proto
+from plasma.transports.grpc import proto as grpc_proto
 from tests.support import (
     PlasmaProcess,
     RedisServer,
@@ -45,7 +45,7 @@ __all__ = ["server", "stubs"]  # fixtures shared with test_grpc, imported for th
 
 pytestmark = pytest.mark.integration
 
-REPO = PROTO_DIR.parents[2]
+REPO = PROTO_DIR.parents[3]
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 

@@ -24,11 +24,11 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from plasma.transports.grpc_stream import ServerStream, Status
+from plasma.transports.grpc.stream import ServerStream, Status
 from plasma.transports.listener import H2_PREFACE
 
 if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
+    from plasma.transports.grpc.transport import GrpcTransport
 
 __all__ = ["HANDSHAKE_TIMEOUT", "GrpcConnection"]
 

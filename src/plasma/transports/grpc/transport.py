@@ -16,10 +16,10 @@ from plasma.config import LimitsConfig
 from plasma.hub import Hub
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
-from plasma.transports.grpc_connection import GrpcConnection
-from plasma.transports.grpc_events import EVENTS_PATH, EventsCall, encode_payload
-from plasma.transports.grpc_services import HealthService, ReflectionCall
-from plasma.transports.grpc_stream import HandlerFactory, ServerStream
+from plasma.transports.grpc.connection import GrpcConnection
+from plasma.transports.grpc.events import EVENTS_PATH, EventsCall, encode_payload
+from plasma.transports.grpc.services import HealthService, ReflectionCall
+from plasma.transports.grpc.stream import HandlerFactory, ServerStream
 
 __all__ = ["GrpcTransport", "encode_payload"]
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError
 
-from plasma.transports import grpc_proto
-from plasma.transports.grpc_stream import ServerStream, Status
+from plasma.transports.grpc import proto as grpc_proto
+from plasma.transports.grpc.stream import ServerStream, Status
 
 if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
+    from plasma.transports.grpc.transport import GrpcTransport
 
 __all__ = ["HEALTH_SERVICES", "SERVICE_NAMES", "HealthService", "ReflectionCall"]
 

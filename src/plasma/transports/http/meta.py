@@ -104,7 +104,7 @@ class MetaEndpoints:
         if request.method != "POST":
             if self._debug_page is None:
                 self._debug_page = (
-                    importlib.resources.files("plasma.transports")
+                    importlib.resources.files("plasma.transports.http")
                     .joinpath("debug.html")
                     .read_text("utf-8")
                     .replace("__EVENT_QUERY__", orjson.dumps(self._event_query).decode()[1:-1])

@@ -22,7 +22,7 @@ from typing import cast
 import httptools
 
 from plasma.subscription import InvalidSubscription
-from plasma.transports.sse import (
+from plasma.transports.sse.transport import (
     SSESubscriber,
     SSETransport,
     encode_sse,

@@ -25,7 +25,7 @@ import h2.exceptions
 from plasma.events import Encoder, Event
 
 if TYPE_CHECKING:
-    from plasma.transports.grpc_connection import GrpcConnection
+    from plasma.transports.grpc.connection import GrpcConnection
 
 __all__ = [
     "MAX_REQUEST_BYTES",

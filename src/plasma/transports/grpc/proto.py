@@ -48,7 +48,7 @@ class ProtoFile:
 
 def load(name: str) -> ProtoFile:
     """Load ``_proto/<name>.binpb`` into a fresh descriptor pool."""
-    raw = importlib.resources.files(__package__ or "plasma.transports").joinpath(
+    raw = importlib.resources.files(__package__ or "plasma.transports.grpc").joinpath(
         f"_proto/{name}.binpb"
     )
     descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(raw.read_bytes())

@@ -19,12 +19,12 @@ from google.protobuf.message import DecodeError
 
 from plasma.events import Event
 from plasma.subscription import InvalidSubscription, parse_types
-from plasma.transports import grpc_proto
 from plasma.transports.access import log_stream_end
-from plasma.transports.grpc_stream import ServerStream, Status, frame_message
+from plasma.transports.grpc import proto as grpc_proto
+from plasma.transports.grpc.stream import ServerStream, Status, frame_message
 
 if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
+    from plasma.transports.grpc.transport import GrpcTransport
 
 __all__ = ["EVENTS_PATH", "EventsCall", "encode_payload"]
 
