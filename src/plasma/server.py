@@ -25,7 +25,9 @@ from plasma.transports.http.meta import MetaEndpoints
 from plasma.transports.http.server import create_http_server
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.sse.connection import SSEConnection
-from plasma.transports.sse.transport import SSETransport, wants_sse
+from plasma.transports.sse.handler import preflight, serve_stream
+from plasma.transports.sse.transport import SSETransport
+from plasma.transports.sse.wire import is_sse_request
 
 __all__ = ["Server", "make_tls_context", "serve"]
 
@@ -111,9 +113,9 @@ class Server:
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
-            return self.sse.preflight(request)
-        if wants_sse(request.headers.get("Accept", "")) and request.method == "GET":
-            return await self.sse.handle(request)
+            return preflight(self.sse, request)
+        if is_sse_request(request.method, request.headers.get("Accept", "")):
+            return await serve_stream(self.sse, request)
         return await self.meta.handle(request)
 
     async def start(self) -> None:
