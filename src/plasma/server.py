@@ -16,13 +16,13 @@ from aiohttp import web, web_server
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
-from plasma.hub import Hub
+from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc.transport import GrpcTransport
 from plasma.transports.http.meta import MetaEndpoints
-from plasma.transports.http.server import create_http_server
+from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.sse.connection import SSEConnection
 from plasma.transports.sse.handler import preflight, serve_stream
@@ -78,8 +78,8 @@ class Server:
             max_event_bytes=config.limits.max_event_size,
         )
         self.source = create_source(config.source, self.metrics)
-        if hasattr(self.source, "events_after"):
-            self.hub.archive = self.source  # type: ignore[assignment]
+        if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
+            self.hub.archive = self.source
         self.sse = SSETransport(
             self.hub,
             config.sse,
@@ -105,6 +105,7 @@ class Server:
             peers_healthy=self._peers_healthy,
         )
         self._http: web_server.Server | None = None
+        self._metrics_sender: MetricsSender | None = None
         self._listeners: list[asyncio.Server] = []
         self._source_task: asyncio.Task[None] | None = None
         self._peers_task: asyncio.Task[None] | None = None
@@ -123,6 +124,7 @@ class Server:
         config = self.config
         tls = make_tls_context(config.tls) if config.tls.enabled else None
         limits = config.limits
+        setup_http_logging()
         self._http = create_http_server(self._handle_http, limits)
         http = self._http
 
@@ -246,7 +248,7 @@ class Server:
         log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
         for server in self._listeners:
             server.close()
-        if getattr(self, "_metrics_sender", None) is not None:
+        if self._metrics_sender is not None:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:
             self._peers_task.cancel()
