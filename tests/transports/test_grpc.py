@@ -274,7 +274,7 @@ def test_the_payload_is_encoded_once_as_a_framed_2017_message(stubs: Any) -> Non
 
 
 def test_stream_proto_keeps_the_2017_wire_names_and_numbers() -> None:
-    d = grpc_proto.stream().descriptor
+    d = grpc_proto.get("stream").descriptor
     assert d.package == "proto"
     method = d.services_by_name["StreamService"].methods_by_name["Events"]
     assert (method.client_streaming, method.server_streaming) == (False, True)
@@ -286,7 +286,7 @@ def test_stream_proto_keeps_the_2017_wire_names_and_numbers() -> None:
         "EventType": {"type": 1},
         "Payload": {"eventType": 1, "data": 2, "id": 3},
     }
-    v2 = grpc_proto.stream_v2().descriptor
+    v2 = grpc_proto.get("stream_v2").descriptor
     method = v2.services_by_name["StreamService"].methods_by_name["Events"]
     assert (method.client_streaming, method.server_streaming) == (True, True)
     request_fields = {f.name: f.number for f in v2.message_types_by_name["Request"].fields}

@@ -177,9 +177,11 @@ def _shape(file: Any) -> tuple[list[str], list[str]]:
 
 
 def test_extras_protos_match_the_grpcio_packages_on_the_wire() -> None:
-    assert _shape(grpc_proto.health().descriptor) == _shape(health_pb2.DESCRIPTOR)
-    assert _shape(grpc_proto.reflection_v1alpha().descriptor) == _shape(reflection_pb2.DESCRIPTOR)
-    v1_messages, _ = _shape(grpc_proto.reflection_v1().descriptor)
+    assert _shape(grpc_proto.get("health").descriptor) == _shape(health_pb2.DESCRIPTOR)
+    assert _shape(grpc_proto.get("reflection_v1alpha").descriptor) == _shape(
+        reflection_pb2.DESCRIPTOR
+    )
+    v1_messages, _ = _shape(grpc_proto.get("reflection_v1").descriptor)
     alpha_messages, _ = _shape(reflection_pb2.DESCRIPTOR)
     assert [m.replace(".v1.", ".v1alpha.") for m in v1_messages] == alpha_messages
 

@@ -105,15 +105,15 @@ async def test_both_paths_log_the_forwarded_client_and_end_alike(
 
 def request_message(*types: str, **fields: Any) -> bytes:
     """A framed ``proto.Request`` for ``types``."""
-    request = proto.stream_v2().message("proto.Request")
-    event_type = proto.stream_v2().message("proto.EventType")
+    request = proto.get("stream_v2").message("proto.Request")
+    event_type = proto.get("stream_v2").message("proto.EventType")
     body = request(Events=[event_type(type=t) for t in types], **fields).SerializeToString()
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
 
 def payload_types(data: bytes) -> list[str]:
     """The event types of the whole ``Payload`` messages in ``data``."""
-    payload = proto.stream().message("proto.Payload")
+    payload = proto.get("stream").message("proto.Payload")
     types = []
     while len(data) >= 5 and len(data) >= 5 + (length := int.from_bytes(data[1:5], "big")):
         types.append(payload.FromString(data[5 : 5 + length]).eventType.type)

@@ -44,9 +44,9 @@ class _Messages(NamedTuple):
 @functools.cache
 def _messages() -> _Messages:
     return _Messages(
-        proto.stream_v2().message("proto.Request"),
-        proto.stream().message("proto.Payload"),
-        proto.stream().message("proto.EventType"),
+        proto.get("stream_v2").message("proto.Request"),
+        proto.get("stream").message("proto.Payload"),
+        proto.get("stream").message("proto.EventType"),
     )
 
 

@@ -20,17 +20,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
 
-__all__ = [
-    "ProtoFile",
-    "health",
-    "load",
-    "load_all",
-    "reflection_v1",
-    "reflection_v1alpha",
-    "served_files",
-    "stream",
-    "stream_v2",
-]
+__all__ = ["ProtoFile", "get", "load", "load_all", "served_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,38 +68,18 @@ def load(name: str) -> ProtoFile:
 
 
 @functools.cache
-def stream() -> ProtoFile:
-    """The 2017 ``stream.proto``: ``Request``, ``Payload``, ``EventType``, ``StreamService``."""
-    return load("stream")
-
-
-@functools.cache
-def stream_v2() -> ProtoFile:
-    """``stream_v2.proto``: the bidirectional ``Request`` (adds ``forceClose``)."""
-    return load("stream_v2")
-
-
-@functools.cache
-def health() -> ProtoFile:
-    return load("health")
-
-
-@functools.cache
-def reflection_v1() -> ProtoFile:
-    return load("reflection_v1")
-
-
-@functools.cache
-def reflection_v1alpha() -> ProtoFile:
-    return load("reflection_v1alpha")
+def get(name: str) -> ProtoFile:
+    """``_proto/<name>.binpb``, loaded on first use: ``stream`` (2017), ``stream_v2`` (adds
+    ``forceClose``), ``health``, ``reflection_v1``, ``reflection_v1alpha``."""
+    return load(name)
 
 
 def served_files() -> tuple[ProtoFile, ...]:
     """What server reflection describes: the 2017 ``stream.proto`` and the standard extras."""
-    return (stream(), health(), reflection_v1(), reflection_v1alpha())
+    return tuple(get(name) for name in ("stream", "health", "reflection_v1", "reflection_v1alpha"))
 
 
 def load_all() -> None:
     """Load every file now (at server start), so the first call of each kind does not wait."""
     served_files()
-    stream_v2()
+    get("stream_v2")

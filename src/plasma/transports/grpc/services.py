@@ -41,13 +41,13 @@ _SERVICE_UNKNOWN = 3
 
 def _health(name: str) -> Any:
     """A message class of ``grpc.health.v1``."""
-    return proto.health().message(f"grpc.health.v1.{name}")
+    return proto.get("health").message(f"grpc.health.v1.{name}")
 
 
 def _reflection(name: str) -> Any:
     """A message class of ``grpc.reflection.v1``; v1alpha is the same on the wire, so the v1
     classes serve both paths."""
-    return proto.reflection_v1().message(f"grpc.reflection.v1.{name}")
+    return proto.get("reflection_v1").message(f"grpc.reflection.v1.{name}")
 
 
 class _Call:
