@@ -29,6 +29,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from yarl import URL
 
 __all__ = [
     "CHROMIUM",
@@ -316,14 +317,34 @@ class SSEStream:
         query: str = "eventType",
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        after_request: bool = False,
     ) -> SSEStream:
+        """Open a stream; ``after_request``: as the second request of a kept-alive connection
+        (after ``GET /favicon.ico``, a 404), which plasma serves through aiohttp, not its lean
+        path."""
         own = session is None
+        reused: list[object] = []
         if session is None:
-            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            trace = aiohttp.TraceConfig()
+
+            async def on_reuse(*args: object) -> None:
+                reused.append(args)
+
+            trace.on_connection_reuseconn.append(on_reuse)
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None),
+                connector=aiohttp.TCPConnector(limit=1) if after_request else None,
+                trace_configs=[trace],
+            )
         params = {query: types} if types is not None else {}
         h = {"Accept": "text/event-stream", **(headers or {})}
         try:
+            if after_request:
+                async with session.get(URL(url).with_path("/favicon.ico").with_query(None)) as r:
+                    await r.read()
             response = await session.get(url, params=params, headers=h)
+            if after_request and own:
+                assert reused, "the stream did not reuse the kept-alive connection"
         except BaseException:
             if own:
                 await session.close()
@@ -456,12 +477,29 @@ class RawSSE:
         self.buffer = b""
 
     @classmethod
-    async def open(cls, port: int, path: str, headers: Mapping[str, str] | None = None) -> RawSSE:
+    async def open(
+        cls,
+        port: int,
+        path: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        after_request: bool = False,
+        version: str = "1.1",
+    ) -> RawSSE:
+        """Send an SSE request; ``after_request``: first ``GET /favicon.ico`` (a 404) on the
+        same connection and read its answer, so the stream is a kept-alive connection's second
+        request."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Accept: text/event-stream"]
+        raw = cls(reader, writer)
+        if after_request:
+            first = f"GET /favicon.ico HTTP/{version}\r\nHost: 127.0.0.1\r\n"
+            writer.write(f"{first}Connection: keep-alive\r\n\r\n".encode())
+            await raw.read_until(b"404 page not found\n")
+            raw.buffer = b""
+        lines = [f"GET {path} HTTP/{version}", "Host: 127.0.0.1", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        return cls(reader, writer)
+        return raw
 
     async def read_until(self, marker: bytes, timeout: float = 10.0) -> bytes:
         """Read until ``marker`` has arrived; return everything read so far."""

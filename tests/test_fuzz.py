@@ -24,7 +24,7 @@ from plasma.events import Event, parse_event
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
-from plasma.transports.sse import query_values
+from plasma.transports.sse.wire import query_values
 
 json_values = st.recursive(
     st.none()

@@ -16,16 +16,18 @@ from aiohttp import web, web_server
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
-from plasma.hub import Hub
+from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
-from plasma.transports.grpc import GrpcTransport
-from plasma.transports.http import create_http_server
+from plasma.transports.grpc.transport import GrpcTransport
+from plasma.transports.http.meta import MetaEndpoints
+from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
-from plasma.transports.meta import MetaEndpoints
-from plasma.transports.sse import SSETransport, wants_sse
-from plasma.transports.sse_connection import SSEConnection
+from plasma.transports.sse.connection import SSEConnection
+from plasma.transports.sse.handler import preflight, serve_stream
+from plasma.transports.sse.transport import SSETransport
+from plasma.transports.sse.wire import is_sse_request
 
 __all__ = ["Server", "make_tls_context", "serve"]
 
@@ -76,8 +78,8 @@ class Server:
             max_event_bytes=config.limits.max_event_size,
         )
         self.source = create_source(config.source, self.metrics)
-        if hasattr(self.source, "events_after"):
-            self.hub.archive = self.source  # type: ignore[assignment]
+        if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
+            self.hub.archive = self.source
         self.sse = SSETransport(
             self.hub,
             config.sse,
@@ -103,6 +105,7 @@ class Server:
             peers_healthy=self._peers_healthy,
         )
         self._http: web_server.Server | None = None
+        self._metrics_sender: MetricsSender | None = None
         self._listeners: list[asyncio.Server] = []
         self._source_task: asyncio.Task[None] | None = None
         self._peers_task: asyncio.Task[None] | None = None
@@ -111,9 +114,9 @@ class Server:
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
-            return self.sse.preflight(request)
-        if wants_sse(request.headers.get("Accept", "")) and request.method == "GET":
-            return await self.sse.handle(request)
+            return preflight(self.sse, request)
+        if is_sse_request(request.method, request.headers.get("Accept", "")):
+            return await serve_stream(self.sse, request)
         return await self.meta.handle(request)
 
     async def start(self) -> None:
@@ -121,6 +124,7 @@ class Server:
         config = self.config
         tls = make_tls_context(config.tls) if config.tls.enabled else None
         limits = config.limits
+        setup_http_logging()
         self._http = create_http_server(self._handle_http, limits)
         http = self._http
 
@@ -245,7 +249,7 @@ class Server:
         log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
         for server in self._listeners:
             server.close()
-        if getattr(self, "_metrics_sender", None) is not None:
+        if self._metrics_sender is not None:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:
             self._peers_task.cancel()

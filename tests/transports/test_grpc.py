@@ -21,8 +21,8 @@ import grpc
 import pytest
 
 from plasma.events import Event
-from plasma.transports import grpc_proto
-from plasma.transports.grpc import encode_payload
+from plasma.transports.grpc import proto as grpc_proto
+from plasma.transports.grpc.events import encode_payload
 from tests.support import (
     PlasmaProcess,
     RedisServer,
@@ -34,7 +34,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-PROTO_DIR = Path(__file__).resolve().parents[2] / "src" / "plasma" / "transports"
+PROTO_DIR = Path(__file__).resolve().parents[2] / "src" / "plasma" / "transports" / "grpc"
 
 
 # --- helpers shared with test_grpc_extras.py and test_tls.py -------------------------------------
@@ -274,7 +274,7 @@ def test_the_payload_is_encoded_once_as_a_framed_2017_message(stubs: Any) -> Non
 
 
 def test_stream_proto_keeps_the_2017_wire_names_and_numbers() -> None:
-    d = grpc_proto.stream.descriptor
+    d = grpc_proto.get("stream").descriptor
     assert d.package == "proto"
     method = d.services_by_name["StreamService"].methods_by_name["Events"]
     assert (method.client_streaming, method.server_streaming) == (False, True)
@@ -286,7 +286,7 @@ def test_stream_proto_keeps_the_2017_wire_names_and_numbers() -> None:
         "EventType": {"type": 1},
         "Payload": {"eventType": 1, "data": 2, "id": 3},
     }
-    v2 = grpc_proto.stream_v2.descriptor
+    v2 = grpc_proto.get("stream_v2").descriptor
     method = v2.services_by_name["StreamService"].methods_by_name["Events"]
     assert (method.client_streaming, method.server_streaming) == (True, True)
     request_fields = {f.name: f.number for f in v2.message_types_by_name["Request"].fields}
@@ -366,6 +366,12 @@ class V2Client:
     async def next_type(self, timeout: float = 5.0) -> str:
         return str((await self.next(timeout))["type"])
 
+    async def next_with_data(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next event that carries data (skipping ``publish_until``'s empty probes)."""
+        while (received := await self.next(timeout)).get("data") == "null":
+            pass
+        return received
+
     async def close(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
@@ -415,13 +421,11 @@ async def test_an_empty_request_unsubscribes_and_the_stream_stays(
     v2.send("u")
     assert await v2.next() == {"ready": True}
     v2.send()  # unsubscribe everything
-    await asyncio.sleep(0.3)
-    redis_module.publish("events", event("u", "lost"))
     v2.send("w")
-    await publish_until(redis_module, v2, "w")
-    redis_module.publish("events", event("u", "lost too"))
+    await publish_until(redis_module, v2, "w")  # requests apply in order: both are applied
+    redis_module.publish("events", event("u", "lost"))
     redis_module.publish("events", event("w", "last"))
-    assert (await v2.next())["data"] == '"last"'
+    assert (await v2.next_with_data())["data"] == '"last"'
 
 
 async def test_force_close_ends_the_stream_with_ok(
@@ -446,9 +450,9 @@ async def test_half_close_does_not_end_the_stream(redis_module: RedisServer, v2:
     v2.send("h")
     assert await v2.next() == {"ready": True}
     v2.send(half_close=True)
-    await asyncio.sleep(0.2)
+    await publish_until(redis_module, v2, "h")  # an ended stream would never get one
     redis_module.publish("events", event("h", "still here"))
-    assert (await v2.next())["data"] == '"still here"'
+    assert (await v2.next_with_data())["data"] == '"still here"'
 
 
 async def test_resume_after_1000_missed_events_then_live(
@@ -526,7 +530,7 @@ def test_http2_settings_announce_the_stream_and_frame_limits(redis_module: Redis
 async def test_grpc_streams_move_the_prometheus_series(
     redis_module: RedisServer, server: PlasmaProcess, stubs: Any
 ) -> None:
-    from tests.test_prometheus import scrape, value
+    from tests.support import scrape, value
 
     before = scrape(server.url)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:

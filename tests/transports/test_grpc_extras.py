@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from plasma.transports import grpc_proto
+from plasma.transports.grpc import proto as grpc_proto
 from tests.support import (
     PlasmaProcess,
     RedisServer,
@@ -45,7 +45,7 @@ __all__ = ["server", "stubs"]  # fixtures shared with test_grpc, imported for th
 
 pytestmark = pytest.mark.integration
 
-REPO = PROTO_DIR.parents[2]
+REPO = PROTO_DIR.parents[3]
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
@@ -177,9 +177,11 @@ def _shape(file: Any) -> tuple[list[str], list[str]]:
 
 
 def test_extras_protos_match_the_grpcio_packages_on_the_wire() -> None:
-    assert _shape(grpc_proto.health.descriptor) == _shape(health_pb2.DESCRIPTOR)
-    assert _shape(grpc_proto.reflection_v1alpha.descriptor) == _shape(reflection_pb2.DESCRIPTOR)
-    v1_messages, _ = _shape(grpc_proto.reflection_v1.descriptor)
+    assert _shape(grpc_proto.get("health").descriptor) == _shape(health_pb2.DESCRIPTOR)
+    assert _shape(grpc_proto.get("reflection_v1alpha").descriptor) == _shape(
+        reflection_pb2.DESCRIPTOR
+    )
+    v1_messages, _ = _shape(grpc_proto.get("reflection_v1").descriptor)
     alpha_messages, _ = _shape(reflection_pb2.DESCRIPTOR)
     assert [m.replace(".v1.", ".v1alpha.") for m in v1_messages] == alpha_messages
 

@@ -67,8 +67,10 @@ def test_hc_follows_redis(
         sleeper = threading.Thread(target=blocker.execute_command, args=("DEBUG", "SLEEP", 3))
         sleeper.start()
         try:
-            time.sleep(0.2)
-            status, took = timed_hc(server.url)
+            status, took = wait_for(
+                lambda: (answer := timed_hc(server.url))[0] == 500 and answer,
+                what="/hc to see the hang",
+            )
             assert status == 500
             assert took < 2.0, f"/hc took {took:.2f}s while Redis hung"
         finally:

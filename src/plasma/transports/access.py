@@ -10,17 +10,19 @@ from aiohttp import web
 
 from plasma.logging import ACCESS_LOGGER
 
-__all__ = ["log_request", "log_stream_end", "remote_address"]
+__all__ = ["client_address", "log_request", "log_stream_end", "remote_address"]
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-def remote_address(request: web.BaseRequest) -> str:
+def client_address(forwarded: str, peer: str) -> str:
     """The client's address: the first ``X-Forwarded-For`` hop when a proxy set one."""
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded:
-        return forwarded.split(",", 1)[0].strip()
-    return request.remote or ""
+    return forwarded.split(",", 1)[0].strip() or peer
+
+
+def remote_address(request: web.BaseRequest) -> str:
+    """``client_address`` of a request aiohttp parsed."""
+    return client_address(request.headers.get("X-Forwarded-For", ""), request.remote or "")
 
 
 def log_request(request: web.BaseRequest, status: int, started: float) -> None:

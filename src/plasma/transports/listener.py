@@ -16,13 +16,22 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["H2_PREFACE", "ProtocolSniffer", "SniffingFactory"]
+__all__ = ["H2_PREFACE", "ProtocolFactory", "ProtocolSniffer", "SniffingFactory", "hand_over"]
 
 log = logging.getLogger("plasma.transports.listener")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+def hand_over(transport: asyncio.Transport, factory: ProtocolFactory, buffer: bytes) -> None:
+    """Give ``transport`` to a new protocol from ``factory``, replaying the bytes already read."""
+    protocol = factory()
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if buffer and not transport.is_closing():
+        protocol.data_received(buffer)
 
 
 def _keep_alive(transport: asyncio.Transport) -> None:
@@ -107,13 +116,9 @@ class ProtocolSniffer(asyncio.Protocol):
         if factory is None:  # e.g. gRPC requested where only HTTP is served
             transport.abort()
             return
-        protocol = factory()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
         buffer, self._buffer = self._buffer, b""
         self._transport = None
-        if buffer and not transport.is_closing():
-            protocol.data_received(buffer)
+        hand_over(transport, factory, buffer)
 
 
 class SniffingFactory:

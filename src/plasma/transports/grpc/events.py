@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from plasma.config import LimitsConfig
 from plasma.events import Event
+from plasma.hub import Hub
+from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types
-from plasma.transports import grpc_proto
 from plasma.transports.access import log_stream_end
-from plasma.transports.grpc_stream import ServerStream, Status, frame_message
-
-if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
+from plasma.transports.grpc import proto
+from plasma.transports.grpc.stream import ServerStream, Status, frame_message
 
 __all__ = ["EVENTS_PATH", "EventsCall", "encode_payload"]
 
@@ -32,16 +33,28 @@ log = logging.getLogger("plasma.transports.grpc")
 
 EVENTS_PATH = "/proto.StreamService/Events"
 
-# The bidirectional Request is a superset of the 2017 one (it adds forceClose = 2).
-_Request: Any = grpc_proto.stream_v2.message("proto.Request")
-_Payload: Any = grpc_proto.stream.message("proto.Payload")
-_EventType: Any = grpc_proto.stream.message("proto.EventType")
+
+class _Messages(NamedTuple):
+    Request: Any
+    """The bidirectional Request: a superset of the 2017 one (it adds forceClose = 2)."""
+    Payload: Any
+    EventType: Any
+
+
+@functools.cache
+def _messages() -> _Messages:
+    return _Messages(
+        proto.get("stream_v2").message("proto.Request"),
+        proto.get("stream").message("proto.Payload"),
+        proto.get("stream").message("proto.EventType"),
+    )
 
 
 def encode_payload(event: Event) -> bytes:
     """An event as one framed gRPC ``Payload`` message; the hub calls this once per event."""
-    payload = _Payload(
-        eventType=_EventType(type=event.type),
+    messages = _messages()
+    payload = messages.Payload(
+        eventType=messages.EventType(type=event.type),
         data=event.data.decode("utf-8", "replace"),
         id=event.id,
     )
@@ -51,22 +64,36 @@ def encode_payload(event: Event) -> bytes:
 class EventsCall:
     """One Events stream: applies each Request to its subscription, and reports its end."""
 
-    __slots__ = ("_busy", "_grpc", "_requests", "_started", "_stream", "_subscribed", "_types")
+    __slots__ = (
+        "_busy",
+        "_hub",
+        "_limits",
+        "_metrics",
+        "_requests",
+        "_started",
+        "_stream",
+        "_subscribed",
+        "_types",
+    )
 
-    def __init__(self, stream: ServerStream, grpc: GrpcTransport) -> None:
+    def __init__(
+        self, stream: ServerStream, hub: Hub, metrics: Metrics, limits: LimitsConfig
+    ) -> None:
         self._stream = stream
-        self._grpc = grpc
+        self._hub = hub
+        self._metrics = metrics
+        self._limits = limits
         self._types: tuple[str, ...] = ()
         self._requests: collections.deque[Any] = collections.deque()
         self._busy = False
         self._subscribed = False
         self._started = time.monotonic()
         stream.encoder = encode_payload
-        grpc.metrics.connection_opened("grpc")
+        metrics.connection_opened("grpc")
 
     def on_message(self, message: bytes) -> None:
         try:
-            request = _Request.FromString(message)
+            request = _messages().Request.FromString(message)
         except DecodeError:
             self._stream.finish(Status.INVALID_ARGUMENT, "cannot parse Request", reason="invalid")
             return
@@ -80,7 +107,7 @@ class EventsCall:
 
     def _apply_requests(self) -> None:
         stream = self._stream
-        hub = self._grpc.hub
+        hub = self._hub
         while self._requests and not stream.ended:
             request = self._requests.popleft()
             if request.forceClose:
@@ -93,7 +120,7 @@ class EventsCall:
                 self._types = ()
                 continue
             try:
-                limits = self._grpc.limits
+                limits = self._limits
                 types = parse_types(
                     names, max_types=limits.max_types, max_length=limits.max_type_length
                 )
@@ -112,7 +139,7 @@ class EventsCall:
     async def _resume(self, types: tuple[str, ...], last_event_id: str) -> None:
         stream = self._stream
         try:
-            await self._grpc.hub.resume(stream, types, last_event_id)
+            await self._hub.resume(stream, types, last_event_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -125,11 +152,10 @@ class EventsCall:
 
     def on_end(self, reason: str) -> None:
         stream = self._stream
-        grpc = self._grpc
-        grpc.hub.unsubscribe(stream)
-        grpc.metrics.connection_closed("grpc", reason)
+        self._hub.unsubscribe(stream)
+        self._metrics.connection_closed("grpc", reason)
         if reason == "slow":
-            grpc.metrics.clients_dropped["slow"] += 1
+            self._metrics.clients_dropped["slow"] += 1
         log_stream_end(
             transport="grpc",
             remote=stream.conn.remote,

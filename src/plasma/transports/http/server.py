@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from plasma.config import LimitsConfig
 from plasma.logging import LogThrottle
 
-__all__ = ["create_http_server"]
+__all__ = ["create_http_server", "setup_http_logging"]
 
 _protocol_log = logging.getLogger("plasma.transports.http")
 
@@ -47,7 +47,11 @@ class _MalformedRequestFilter(logging.Filter):
         return _protocol_log.isEnabledFor(record.levelno)
 
 
-_protocol_log.addFilter(_MalformedRequestFilter())
+def setup_http_logging() -> None:
+    """Install the malformed-request filter on aiohttp's protocol log (once; the server's
+    start calls this)."""
+    if not any(isinstance(f, _MalformedRequestFilter) for f in _protocol_log.filters):
+        _protocol_log.addFilter(_MalformedRequestFilter())
 
 
 def create_http_server(

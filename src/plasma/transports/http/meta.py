@@ -6,7 +6,6 @@ import importlib.resources
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -14,14 +13,12 @@ from aiohttp import web
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
 from plasma.exporters.prometheus import render_exposition, wants_exposition
+from plasma.exporters.sender import SnapshotSource
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
 
-__all__ = ["MetaEndpoints", "SnapshotSource"]
-
-SnapshotSource = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
-"""What ``/metrics`` reports: ``Metrics.snapshot`` or a merge across worker processes."""
+__all__ = ["MetaEndpoints"]
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -104,7 +101,7 @@ class MetaEndpoints:
         if request.method != "POST":
             if self._debug_page is None:
                 self._debug_page = (
-                    importlib.resources.files("plasma.transports")
+                    importlib.resources.files("plasma.transports.http")
                     .joinpath("debug.html")
                     .read_text("utf-8")
                     .replace("__EVENT_QUERY__", orjson.dumps(self._event_query).decode()[1:-1])

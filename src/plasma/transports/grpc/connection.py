@@ -1,13 +1,15 @@
 """gRPC over HTTP/2 on the ``h2`` library: one connection, its streams, and their flushing.
 
-``h2`` runs the HTTP/2 state machine, flow control and HPACK; this module and ``grpc_stream``
+``h2`` runs the HTTP/2 state machine, flow control and HPACK; this module and ``stream.py``
 add what gRPC puts on top: the 5-byte message framing, the content-type check, and
 ``grpc-status`` / ``grpc-message`` trailers. A call's behaviour lives in a ``CallHandler``
-chosen by path.
+its ``ConnectionHost`` chooses by path.
 
-Sending follows the hub's rule (DESIGN.md, "The hot path"): streams report the connection when
-it becomes dirty; its ``flush`` turns each dirty stream's pending messages into one DATA frame
-and does one socket ``write`` for all of its streams.
+Sending follows the hub's rule (one socket write per connection per loop iteration, see
+``plasma.hub``): streams have the connection queue them when they become dirty; its ``flush``
+turns each dirty stream's pending messages into one DATA frame and does one socket ``write``
+for all of its streams. The flush state (``dirty``, ``out``, ``flush_coming``) is written only
+here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -24,18 +26,38 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from plasma.transports.grpc_stream import ServerStream, Status
+from plasma.config import LimitsConfig
+from plasma.hub import Flushable
+from plasma.metrics import Metrics
+from plasma.transports.grpc.stream import CallHandler, ServerStream, Status
 from plasma.transports.listener import H2_PREFACE
 
-if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
-
-__all__ = ["HANDSHAKE_TIMEOUT", "GrpcConnection"]
+__all__ = ["HANDSHAKE_TIMEOUT", "ConnectionHost", "GrpcConnection"]
 
 log = logging.getLogger("plasma.transports.grpc")
 
 HANDSHAKE_TIMEOUT = 3.0
 """Seconds a new connection has to send its SETTINGS frame after the preface."""
+
+
+class ConnectionHost(Protocol):
+    """What a connection asks of the transport that owns it: limits, routing and the hub."""
+
+    limits: LimitsConfig
+    metrics: Metrics
+    client_buffer: int
+
+    def open_call(self, stream: ServerStream, path: bytes) -> CallHandler | None:
+        """The handler of a new call, or ``None`` once the stream is finished (refused)."""
+
+    def mark_dirty(self, target: Flushable) -> None:
+        """Have ``target`` flushed with the hub's next flush."""
+
+    def add_connection(self, conn: GrpcConnection) -> None:
+        """A connection started (shutdown must reach it)."""
+
+    def discard_connection(self, conn: GrpcConnection) -> None:
+        """A connection is gone."""
 
 
 class GrpcConnection(asyncio.Protocol):
@@ -47,23 +69,23 @@ class GrpcConnection(asyncio.Protocol):
         "_skip",
         "closing",
         "dirty",
-        "grpc",
+        "flush_coming",
         "h2",
+        "host",
         "limit",
         "out",
         "remote",
-        "scheduled",
         "streams",
         "transport",
     )
 
-    def __init__(self, grpc: GrpcTransport) -> None:
-        self.grpc = grpc
-        self.limit = grpc.client_buffer
+    def __init__(self, host: ConnectionHost) -> None:
+        self.host = host
+        self.limit = host.client_buffer
         self.h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
-        limits = grpc.limits
+        limits = host.limits
         self.h2.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -76,7 +98,8 @@ class GrpcConnection(asyncio.Protocol):
         self.dirty: list[ServerStream] = []
         self.out: list[bytes] = []
         """Bytes for the next socket write, in order: h2's output, then DATA frames."""
-        self.scheduled = False
+        self.flush_coming = False
+        """A flush will run (the hub's, or the one ending ``data_received``): ask for no other."""
         self.closing = False
         self.remote = ""
         self._skip = len(H2_PREFACE)  # the preface is not a frame
@@ -89,7 +112,7 @@ class GrpcConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.remote = str(peer[0]) if isinstance(peer, tuple) else ""
-        self.grpc.connections.add(self)
+        self.host.add_connection(self)
         self._handshake_timer = asyncio.get_running_loop().call_later(
             HANDSHAKE_TIMEOUT, self._handshake_timed_out
         )
@@ -98,7 +121,7 @@ class GrpcConnection(asyncio.Protocol):
         self._write_out()
 
     def data_received(self, data: bytes) -> None:
-        self.scheduled = True  # whatever the handlers queue is flushed below, not by the hub
+        self._flush_at_end_of_callback()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -151,7 +174,7 @@ class GrpcConnection(asyncio.Protocol):
         self._close_streams("client", Status.CANCELLED)
         self.dirty.clear()
         self.transport = None
-        self.grpc.connections.discard(self)
+        self.host.discard_connection(self)
 
     # --- h2 events ---------------------------------------------------------------------------
 
@@ -177,17 +200,14 @@ class GrpcConnection(asyncio.Protocol):
         stream = ServerStream(self, sid, path.decode("utf-8", "replace"))
         self.streams[sid] = stream
         encoding = headers.get(b"grpc-encoding", b"identity")
-        factory = self.grpc.routes.get(path)
         if encoding != b"identity":
             stream.finish(
                 Status.UNIMPLEMENTED, f"grpc-encoding {encoding.decode(errors='replace')!r}"
             )
-        elif factory is None:
-            stream.finish(Status.UNIMPLEMENTED, f"unknown method {stream.path}")
-        elif factory == self.grpc.events_factory and self.grpc.at_capacity():
-            stream.finish(Status.RESOURCE_EXHAUSTED, "too many connections; retry later")
-        else:
-            stream.handler = factory(stream)
+            return
+        handler = self.host.open_call(stream, path)
+        if handler is not None:
+            stream.attach(handler)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         # Messages are consumed at once (and bounded), so the window is returned at once.
@@ -216,17 +236,28 @@ class GrpcConnection(asyncio.Protocol):
 
     # --- flushing ------------------------------------------------------------------------------
 
+    def queue(self, stream: ServerStream) -> GrpcConnection | None:
+        """Put ``stream`` on the next flush; return this connection if the caller must have
+        the hub flush it (the fan-out collects it; ``mark`` asks the hub itself)."""
+        stream.queued = True
+        self.dirty.append(stream)
+        if self.flush_coming:
+            return None
+        self.flush_coming = True
+        return self
+
     def mark(self, stream: ServerStream) -> None:
-        """Queue ``stream`` for the next flush and make sure one is scheduled."""
+        """Put ``stream`` on the next flush and make sure one is scheduled."""
         if not stream.queued:
             stream.queued = True
             self.dirty.append(stream)
-        self.schedule()
+        if not self.flush_coming:
+            self.flush_coming = True
+            self.host.mark_dirty(self)
 
-    def schedule(self) -> None:
-        if not self.scheduled:
-            self.scheduled = True
-            self.grpc.hub.mark_dirty(self)
+    def _flush_at_end_of_callback(self) -> None:
+        """``data_received`` ends with a flush: what handlers queue meanwhile needs no other."""
+        self.flush_coming = True
 
     def _mark_waiting(self, stream_id: int | None) -> None:
         streams = self.streams.values() if stream_id is None else (self.streams.get(stream_id),)
@@ -237,13 +268,14 @@ class GrpcConnection(asyncio.Protocol):
 
     def flush(self) -> None:
         """One DATA frame per dirty stream, then one socket write; never awaits or raises."""
-        self.scheduled = False
+        self.flush_coming = False
         dirty = self.dirty
         if dirty:
             self.dirty = []
+            out = self.out
             for stream in dirty:
                 stream.queued = False
-                stream.send_pending()
+                stream.send_pending(out)
         self._write_out()
 
     def take_h2_output(self) -> None:
@@ -264,7 +296,7 @@ class GrpcConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(data)
-        self.grpc.metrics.bytes_written += len(data)
+        self.host.metrics.bytes_written += len(data)
         # A client that does not read fills the socket buffer: cut it, never wait for it.
         if transport.get_write_buffer_size() > self.limit:
             log.info("dropping a slow gRPC connection", extra={"remote": self.remote})
@@ -275,7 +307,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _hang_up(self, error: str) -> None:
         log.debug("closing gRPC connection after a protocol error", extra={"error": error})
-        self.scheduled = False
+        self.flush_coming = False
         self.take_h2_output()
         self._write_out()
         self._close_streams("protocol", Status.INTERNAL)
@@ -296,8 +328,7 @@ class GrpcConnection(asyncio.Protocol):
         """End every call with UNAVAILABLE, say GOAWAY, and close once that is written."""
         self.closing = True
         for stream in list(self.streams.values()):
-            stream.pending.clear()
-            stream.pending_bytes = 0
+            stream.drop_pending()
             stream.finish(Status.UNAVAILABLE, "server shutting down", reason=reason)
         self.flush()
         self.h2.close_connection()
@@ -305,6 +336,10 @@ class GrpcConnection(asyncio.Protocol):
         self._write_out()
         if self.transport is not None:
             self.transport.close()
+
+    def forget(self, stream_id: int) -> None:
+        """Stop routing frames to a stream that is closed on the wire."""
+        self.streams.pop(stream_id, None)
 
     def abort(self) -> None:
         if self.transport is not None:

@@ -16,25 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import cast
 
 import httptools
 
 from plasma.subscription import InvalidSubscription
-from plasma.transports.sse import (
-    SSESubscriber,
-    SSETransport,
-    encode_sse,
-    end_stream,
-    wants_sse,
-)
+from plasma.transports.access import client_address
+from plasma.transports.listener import ProtocolFactory, hand_over
+from plasma.transports.sse.subscriber import SSESubscriber
+from plasma.transports.sse.transport import SSETransport, abort_after_grace
+from plasma.transports.sse.wire import LAST_CHUNK, is_sse_request
 
 __all__ = ["SSEConnection"]
 
 log = logging.getLogger("plasma.transports.sse")
-
-ProtocolFactory = Callable[[], asyncio.Protocol]
 
 # Headers the lean path reads; everything else is skipped while parsing.
 _WANTED = {b"accept", b"last-event-id", b"x-forwarded-for", b"content-length", b"transfer-encoding"}
@@ -54,12 +49,8 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         "_header_count",
         "_headers",
         "_parser",
-        "_path",
-        "_remote",
         "_resume",
-        "_started",
         "_timer",
-        "_types",
         "_url",
     )
 
@@ -73,18 +64,19 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         self._header_count = 0
         self._complete = False
         self._timer: asyncio.TimerHandle | None = None
-        self._types: tuple[str, ...] = ()
-        self._started = 0.0
-        self._path = ""
-        self._remote = ""
         self._resume: asyncio.Task[bool] | None = None
+
+    @property
+    def _sse(self) -> SSETransport:
+        # The owner, typed as what registered this stream (no second slot for it per stream).
+        return cast(SSETransport, self._owner)
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._timer = asyncio.get_running_loop().call_later(
-            self._owner.limits.header_timeout, self.transport.abort
+            self._sse.limits.header_timeout, self.transport.abort
         )
 
     def data_received(self, data: bytes) -> None:
@@ -103,25 +95,19 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         self._cancel_timer()
         if self._resume is not None:
             self._resume.cancel()
-        if self._parser is None and self._types:
+        if self._parser is None and self.types:
             self.close_reason = self.close_reason or "client"
-            self._owner.stream_ended(
-                self,
-                types=self._types,
-                started=self._started,
-                remote=self._remote,
-                path=self._path,
-            )
+            self._sse.stream_ended(self)
 
     # --- httptools callbacks -----------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self._owner.limits.max_request_line:
+        if len(self._url) > self._sse.limits.max_request_line:
             raise _HandOver
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self._owner.limits
+        limits = self._sse.limits
         self._header_count += 1
         if (
             self._header_count > limits.max_headers
@@ -138,11 +124,13 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
     # --- serving ------------------------------------------------------------------------------
 
     def _serve(self, parser: httptools.HttpRequestParser) -> None:
-        owner = self._owner
+        owner = self._sse
         headers = self._headers
         if (
-            parser.get_method() != b"GET"
-            or not wants_sse(headers.get(b"accept", b"").decode("latin-1"))
+            not is_sse_request(
+                parser.get_method().decode("latin-1"),
+                headers.get(b"accept", b"").decode("latin-1"),
+            )
             or b"content-length" in headers
             or b"transfer-encoding" in headers
             or not self._url.isascii()
@@ -160,17 +148,19 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         self._cancel_timer()
         self._parser = None
         self._buffer = self._url = b""
-        self._types = types
-        self._path = (url.path or b"/").decode("latin-1")
-        forwarded = headers.get(b"x-forwarded-for", b"").decode("latin-1")
         peer = self.transport.get_extra_info("peername")
-        self._remote = forwarded.split(",", 1)[0].strip() or (peer[0] if peer else "")
+        self.describe(
+            types,
+            time.monotonic(),
+            client_address(
+                headers.get(b"x-forwarded-for", b"").decode("latin-1"), peer[0] if peer else ""
+            ),
+            (url.path or b"/").decode("latin-1"),
+        )
         self._headers = {}
-        self._started = time.monotonic()
         if http10:
-            self.chunked = False
-            self.encoder = encode_sse
-        self.transport.write(owner.response_head(http10))
+            self.unchunked()
+        self.transport.write(owner.head.encode(http10))
         owner.begin_stream(self)
         if last_event_id is None:
             owner.hub.subscribe(self, types)
@@ -188,14 +178,9 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
 
     def _hand_over(self) -> None:
         self._cancel_timer()
-        transport = self.transport
         buffer, self._buffer = self._buffer, b""
         self._parser = None
-        protocol = self._fallback()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        if buffer and not transport.is_closing():
-            protocol.data_received(buffer)
+        hand_over(self.transport, self._fallback, buffer)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -203,6 +188,14 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
             self._timer = None
 
     def close(self, reason: str) -> None:
-        if not self.close_reason:
-            self.close_reason = reason
-            end_stream(self)
+        """End the response on the socket: last chunk, close, abort if the client is stuck."""
+        if self.close_reason:
+            return
+        self.close_reason = reason
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if self.chunked:
+            transport.write(LAST_CHUNK)
+        transport.close()
+        abort_after_grace(transport)

@@ -2,13 +2,15 @@
 pending messages a flush turns into DATA frames.
 
 A ``ServerStream`` is also the hub's ``Subscriber`` for an Events call: ``push`` only appends to
-its pending list and reports its connection when that becomes dirty (O(1), never awaits). The
-connection's flush then calls ``send_pending``, which joins the pending messages into one DATA
-frame. DATA frames are framed here rather than by ``h2.send_data`` (it was half the cost of a
-delivery in 10-event bursts), against h2's own flow-control windows; h2 sends every HEADERS
-frame, so its stream states hold. A stream whose window is short keeps the rest pending until
-the client's WINDOW_UPDATE, and is cut with RESOURCE_EXHAUSTED once that backlog passes the
-client buffer.
+its pending list and has its connection queue it when it becomes dirty (O(1), never awaits).
+The connection's flush then calls ``send_pending``, which joins the pending messages into one
+DATA frame. DATA frames are framed here rather than by ``h2.send_data`` (it was half the cost
+of a delivery in 10-event bursts), against h2's own flow-control windows; h2 sends every
+HEADERS frame, so its stream states hold. A stream whose window is short keeps the rest pending
+until the client's WINDOW_UPDATE, and is cut with RESOURCE_EXHAUSTED once that backlog passes
+the client buffer.
+
+A stream knows its connection only through ``StreamConnection``: the few things it asks of it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,13 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import h2.connection
 import h2.exceptions
 
 from plasma.events import Encoder, Event
-
-if TYPE_CHECKING:
-    from plasma.transports.grpc_connection import GrpcConnection
+from plasma.hub import Flushable
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -34,6 +34,7 @@ __all__ = [
     "HandlerFactory",
     "ServerStream",
     "Status",
+    "StreamConnection",
     "frame_message",
 ]
 
@@ -100,6 +101,27 @@ class CallHandler(Protocol):
         """The stream is over (finished, reset, or its connection lost); release everything."""
 
 
+class StreamConnection(Protocol):
+    """What a stream asks of its HTTP/2 connection, which owns the flush and the socket."""
+
+    h2: h2.connection.H2Connection
+    remote: str
+    limit: int
+    """Bytes a client may leave unsent (its window shut) or unread before it is cut."""
+
+    def queue(self, stream: ServerStream) -> Flushable | None:
+        """Put ``stream`` on the next flush; return what the hub must flush, if anything."""
+
+    def mark(self, stream: ServerStream) -> None:
+        """Put ``stream`` on the next flush and make sure that flush is scheduled."""
+
+    def take_h2_output(self) -> None:
+        """Move what h2 has queued to the next socket write (after every h2 send)."""
+
+    def forget(self, stream_id: int) -> None:
+        """The stream is closed on the wire: the connection stops routing frames to it."""
+
+
 class ServerStream:
     """One HTTP/2 stream of a call: what is pending for it and how it ends.
 
@@ -109,6 +131,7 @@ class ServerStream:
     __slots__ = (
         "_data_suffix",
         "_inbox",
+        "closed",
         "conn",
         "encoder",
         "ended",
@@ -127,7 +150,7 @@ class ServerStream:
         "trailers",
     )
 
-    def __init__(self, conn: GrpcConnection, stream_id: int, path: str) -> None:
+    def __init__(self, conn: StreamConnection, stream_id: int, path: str) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.path = path
@@ -137,9 +160,13 @@ class ServerStream:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self.queued = False
+        """Set and cleared by the connection: this stream is on its next flush."""
         self.headers_sent = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.ended = False
+        """No more messages: the call is over (its trailers may still be waiting to go out)."""
+        self.closed = False
+        """Nothing more goes out: trailers sent, or the stream was reset or lost."""
         self.status = Status.OK
         self.reason = ""
         self.handler: CallHandler | None = None
@@ -147,29 +174,29 @@ class ServerStream:
         self._inbox = bytearray()
         self._data_suffix = b"\x00\x00" + stream_id.to_bytes(4, "big")  # DATA, no flags, id
 
+    def attach(self, handler: CallHandler) -> None:
+        """Give the call its behaviour (chosen by path); the stream reports to it from now on."""
+        self.handler = handler
+
     # --- sending (the hot path) ------------------------------------------------------------
 
-    def push(self, data: bytes) -> GrpcConnection | None:
+    def push(self, data: bytes) -> Flushable | None:
         """Queue framed bytes; return the connection if it just became dirty. O(1), no await."""
         self.pending.append(data)
         self.pending_bytes += len(data)
         self.messages_sent += 1
         if self.queued:
             return None
-        self.queued = True
-        conn = self.conn
-        conn.dirty.append(self)
-        if conn.scheduled:
-            return None
-        conn.scheduled = True
-        return conn
+        return self.conn.queue(self)
 
     def send(self, message: bytes) -> None:
         """Queue one response message (outside the hub's fan-out) and schedule a flush."""
         if not self.ended:
-            target = self.push(frame_message(message))
-            if target is not None:
-                target.grpc.hub.mark_dirty(target)
+            data = frame_message(message)
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+            self.messages_sent += 1
+            self.conn.mark(self)
 
     def start(self) -> None:
         """Send the response headers at the next flush, even with no message yet."""
@@ -183,13 +210,22 @@ class ServerStream:
         self.conn.mark(self)
         self._end(reason or ("client" if status == Status.OK else "error"), status)
 
-    def abort(self, reason: str, status: Status = Status.CANCELLED) -> None:
-        """The stream is gone (reset by the client, or its connection lost): drop everything."""
+    def drop_pending(self) -> None:
+        """Forget the messages not sent yet (the call is cut; its trailers still go out)."""
         self.pending.clear()
         self.pending_bytes = 0
+
+    def abort(self, reason: str, status: Status = Status.CANCELLED) -> None:
+        """The stream is gone (reset by the client, or its connection lost): drop everything."""
+        self.drop_pending()
         self.trailers = None
-        self.conn.streams.pop(self.stream_id, None)
+        self._close()
         self._end(reason, status)
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.forget(self.stream_id)
 
     def _end(self, reason: str, status: Status) -> None:
         if self.ended:
@@ -207,12 +243,13 @@ class ServerStream:
         """Run ``coro`` for this call; it is cancelled when the stream ends."""
         self.task = asyncio.get_running_loop().create_task(coro)
 
-    def send_pending(self) -> None:
-        """Frame what is pending as DATA (one frame unless the window is short)."""
-        conn = self.conn
-        if self.stream_id not in conn.streams:
+    def send_pending(self, out: list[bytes]) -> None:
+        """Frame what is pending as DATA (one frame unless the window is short) onto ``out``,
+        the connection's next socket write, which it lends to each stream as it flushes."""
+        if self.closed:
             self.pending.clear()
             return
+        conn = self.conn
         h2c = conn.h2
         sid = self.stream_id
         try:
@@ -221,28 +258,28 @@ class ServerStream:
                 if self.trailers is not None and not self.pending:  # trailers-only response
                     h2c.send_headers(sid, RESPONSE_HEADERS[:2] + self.trailers, end_stream=True)
                     conn.take_h2_output()
-                    del conn.streams[sid]
+                    self._close()
                     return
                 h2c.send_headers(sid, RESPONSE_HEADERS)
                 conn.take_h2_output()
-            if self.pending and not self._send_data(h2c):
+            if self.pending and not self._send_data(h2c, out):
                 return
             if self.trailers is not None:
                 h2c.send_headers(sid, self.trailers, end_stream=True)
                 conn.take_h2_output()
-                del conn.streams[sid]
+                self._close()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
             log.debug("stream %d closed while sending: %s", sid, exc)
             self.abort("client")
 
-    def _send_data(self, h2c: h2.connection.H2Connection) -> bool:
+    def _send_data(self, h2c: h2.connection.H2Connection, out: list[bytes]) -> bool:
         """Write DATA frames for what is pending; False if some of it must wait.
 
-        The frames are built here instead of by ``h2.send_data`` (~5.5 us a call, DESIGN.md;
-        A/B on 1000 streams: 10-event bursts 5.0 -> 2.5 us per delivery, single events about
-        3x cheaper). Flow control stays h2's: the same two windows ``send_data`` decrements are
-        decremented here, and WINDOW_UPDATE and SETTINGS keep adjusting them. h2 still sends
-        every HEADERS frame, so its stream states hold.
+        The frames are built here instead of by ``h2.send_data`` (~5.5 us a call; A/B on 1000
+        streams: 10-event bursts 5.0 -> 2.5 us per delivery, single events about 3x cheaper,
+        docs/benchmarks.md). Flow control stays h2's: the same two windows ``send_data``
+        decrements are decremented here, and WINDOW_UPDATE and SETTINGS keep adjusting them.
+        h2 still sends every HEADERS frame, so its stream states hold.
         """
         stream = h2c.streams.get(self.stream_id)
         if stream is None or stream.closed:
@@ -257,7 +294,6 @@ class ServerStream:
         pending.clear()
         size = len(data)
         max_frame = h2c.max_outbound_frame_size
-        out = self.conn.out
         suffix = self._data_suffix
         if size <= window and size <= max_frame:
             out.append(size.to_bytes(3, "big") + suffix)
@@ -285,8 +321,7 @@ class ServerStream:
         # A client that stops reading leaves its window shut: cut it, never wait for it.
         if self.pending_bytes > self.conn.limit and not self.ended:
             unsent = self.pending_bytes
-            self.pending.clear()
-            self.pending_bytes = 0
+            self.drop_pending()
             self.finish(
                 Status.RESOURCE_EXHAUSTED,
                 f"client too slow: {unsent} bytes unsent",

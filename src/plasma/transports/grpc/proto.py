@@ -1,9 +1,10 @@
 """The protobuf messages of plasma's gRPC services, loaded from checked-in descriptor sets.
 
 ``scripts/gen-proto`` compiles each ``.proto`` beside this module into ``_proto/<name>.binpb``
-(a serialized ``FileDescriptorSet``). Each file is loaded here into its own private descriptor
-pool, not protobuf's default one: ``stream.proto`` and ``stream_v2.proto`` both declare
-``proto.Request``, and a process that also imports grpcio's own health or reflection modules
+(a serialized ``FileDescriptorSet``). Each file is loaded on first use, not at import
+(``GrpcTransport`` loads them all when it is made, so no client waits), into its own private
+descriptor pool, not protobuf's default one: ``stream.proto`` and ``stream_v2.proto`` both
+declare ``proto.Request``, and a process that also imports grpcio's own health or reflection modules
 (the tests do) would otherwise fail with "duplicate symbol". Descriptor sets also work with
 every protobuf runtime version, where generated ``_pb2.py`` files demand a runtime at least as
 new as the compiler. The classes are protobuf's usual (upb) message classes.
@@ -11,6 +12,7 @@ new as the compiler. The classes are protobuf's usual (upb) message classes.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 from dataclasses import dataclass
 from typing import Any
@@ -18,16 +20,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
 
-__all__ = [
-    "SERVED_FILES",
-    "ProtoFile",
-    "health",
-    "load",
-    "reflection_v1",
-    "reflection_v1alpha",
-    "stream",
-    "stream_v2",
-]
+__all__ = ["ProtoFile", "get", "load", "load_all", "served_files"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +41,7 @@ class ProtoFile:
 
 def load(name: str) -> ProtoFile:
     """Load ``_proto/<name>.binpb`` into a fresh descriptor pool."""
-    raw = importlib.resources.files(__package__ or "plasma.transports").joinpath(
+    raw = importlib.resources.files(__package__ or "plasma.transports.grpc").joinpath(
         f"_proto/{name}.binpb"
     )
     descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(raw.read_bytes())
@@ -74,11 +67,19 @@ def load(name: str) -> ProtoFile:
     return ProtoFile(top.name, file, top.SerializeToString(), messages, frozenset(symbols))
 
 
-stream = load("stream")
-stream_v2 = load("stream_v2")
-health = load("health")
-reflection_v1 = load("reflection_v1")
-reflection_v1alpha = load("reflection_v1alpha")
+@functools.cache
+def get(name: str) -> ProtoFile:
+    """``_proto/<name>.binpb``, loaded on first use: ``stream`` (2017), ``stream_v2`` (adds
+    ``forceClose``), ``health``, ``reflection_v1``, ``reflection_v1alpha``."""
+    return load(name)
 
-SERVED_FILES: tuple[ProtoFile, ...] = (stream, health, reflection_v1, reflection_v1alpha)
-"""What server reflection describes: the 2017 ``stream.proto`` and the standard extras."""
+
+def served_files() -> tuple[ProtoFile, ...]:
+    """What server reflection describes: the 2017 ``stream.proto`` and the standard extras."""
+    return tuple(get(name) for name in ("stream", "health", "reflection_v1", "reflection_v1alpha"))
+
+
+def load_all() -> None:
+    """Load every file now (at server start), so the first call of each kind does not wait."""
+    served_files()
+    get("stream_v2")

@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from plasma.transports import grpc_proto
-from plasma.transports.grpc_stream import ServerStream, Status
-
-if TYPE_CHECKING:
-    from plasma.transports.grpc import GrpcTransport
+from plasma.sources.base import Source
+from plasma.transports.grpc import proto
+from plasma.transports.grpc.stream import ServerStream, Status
 
 __all__ = ["HEALTH_SERVICES", "SERVICE_NAMES", "HealthService", "ReflectionCall"]
 
@@ -36,21 +34,20 @@ SERVICE_NAMES = (
 WATCH_INTERVAL = 1.0
 """Seconds between health probes while some client watches."""
 
-_CheckRequest: Any = grpc_proto.health.message("grpc.health.v1.HealthCheckRequest")
-_CheckResponse: Any = grpc_proto.health.message("grpc.health.v1.HealthCheckResponse")
-_ListRequest: Any = grpc_proto.health.message("grpc.health.v1.HealthListRequest")
-_ListResponse: Any = grpc_proto.health.message("grpc.health.v1.HealthListResponse")
 _SERVING = 1
 _NOT_SERVING = 2
 _SERVICE_UNKNOWN = 3
 
-# v1 and v1alpha messages are identical on the wire; the v1 classes serve both paths.
-_ReflectionRequest: Any = grpc_proto.reflection_v1.message(
-    "grpc.reflection.v1.ServerReflectionRequest"
-)
-_ReflectionResponse: Any = grpc_proto.reflection_v1.message(
-    "grpc.reflection.v1.ServerReflectionResponse"
-)
+
+def _health(name: str) -> Any:
+    """A message class of ``grpc.health.v1``."""
+    return proto.get("health").message(f"grpc.health.v1.{name}")
+
+
+def _reflection(name: str) -> Any:
+    """A message class of ``grpc.reflection.v1``; v1alpha is the same on the wire, so the v1
+    classes serve both paths."""
+    return proto.get("reflection_v1").message(f"grpc.reflection.v1.{name}")
 
 
 class _Call:
@@ -81,13 +78,13 @@ class _Call:
 class HealthService:
     """Health calls and the one probe loop shared by every ``Watch``."""
 
-    def __init__(self, grpc: GrpcTransport) -> None:
-        self._grpc = grpc
+    def __init__(self, source: Source) -> None:
+        self._source = source
         self._watchers: dict[ServerStream, int] = {}
         self._poller: asyncio.Task[None] | None = None
 
     async def status(self) -> int:
-        return _SERVING if await self._grpc.source.healthy() else _NOT_SERVING
+        return _SERVING if await self._source.healthy() else _NOT_SERVING
 
     def check(self, stream: ServerStream) -> _Call:
         return _Check(stream, self)
@@ -113,7 +110,7 @@ class HealthService:
             for stream, last in list(self._watchers.items()):
                 if last not in (status, _SERVICE_UNKNOWN):
                     self._watchers[stream] = status
-                    stream.send(_CheckResponse(status=status).SerializeToString())
+                    stream.send(_health("HealthCheckResponse")(status=status).SerializeToString())
 
     async def aclose(self) -> None:
         self._watchers.clear()
@@ -131,7 +128,7 @@ class _Check(_Call):
         self._health = health
 
     def on_message(self, message: bytes) -> None:
-        request = self.parse(_CheckRequest, message)
+        request = self.parse(_health("HealthCheckRequest"), message)
         if request is not None:
             self._stream.run(self._answer(request.service))
 
@@ -140,7 +137,9 @@ class _Check(_Call):
         if service not in HEALTH_SERVICES:
             stream.finish(Status.NOT_FOUND, f"unknown service {service!r}")
             return
-        stream.send(_CheckResponse(status=await self._health.status()).SerializeToString())
+        stream.send(
+            _health("HealthCheckResponse")(status=await self._health.status()).SerializeToString()
+        )
         stream.finish(Status.OK)
 
 
@@ -148,12 +147,12 @@ class _List(_Check):
     __slots__ = ()
 
     def on_message(self, message: bytes) -> None:
-        if self.parse(_ListRequest, message) is not None:
+        if self.parse(_health("HealthListRequest"), message) is not None:
             self._stream.run(self._answer_all())
 
     async def _answer_all(self) -> None:
         status = await self._health.status()
-        response = _ListResponse()
+        response = _health("HealthListResponse")()
         for service in HEALTH_SERVICES:
             response.statuses[service].status = status
         self._stream.send(response.SerializeToString())
@@ -166,22 +165,22 @@ class _Watch(_Check):
     async def _answer(self, service: str) -> None:
         stream = self._stream
         status = await self._health.status() if service in HEALTH_SERVICES else _SERVICE_UNKNOWN
-        stream.send(_CheckResponse(status=status).SerializeToString())
+        stream.send(_health("HealthCheckResponse")(status=status).SerializeToString())
         self._health.add_watcher(stream, status)
 
     def on_end(self, reason: str) -> None:
         self._health.remove_watcher(self._stream)
 
 
-def _find_file(request: Any) -> grpc_proto.ProtoFile | None:
+def _find_file(request: Any) -> proto.ProtoFile | None:
     kind = request.WhichOneof("message_request")
     if kind == "file_by_filename":
         name = request.file_by_filename
-        return next((f for f in grpc_proto.SERVED_FILES if f.name == name), None)
+        return next((f for f in proto.served_files() if f.name == name), None)
     symbol = request.file_containing_symbol
     if kind == "all_extension_numbers_of_type":
         symbol = request.all_extension_numbers_of_type
-    return next((f for f in grpc_proto.SERVED_FILES if symbol in f.symbols), None)
+    return next((f for f in proto.served_files() if symbol in f.symbols), None)
 
 
 class ReflectionCall(_Call):
@@ -190,10 +189,12 @@ class ReflectionCall(_Call):
     __slots__ = ()
 
     def on_message(self, message: bytes) -> None:
-        request = self.parse(_ReflectionRequest, message)
+        request = self.parse(_reflection("ServerReflectionRequest"), message)
         if request is None:
             return
-        response = _ReflectionResponse(valid_host=request.host, original_request=request)
+        response = _reflection("ServerReflectionResponse")(
+            valid_host=request.host, original_request=request
+        )
         kind = request.WhichOneof("message_request")
         if kind == "list_services":
             for name in SERVICE_NAMES:

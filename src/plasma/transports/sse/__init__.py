@@ -1,0 +1,1 @@
+"""Server-Sent Events: the wire format, the subscriber, and the two ways a stream is served."""
