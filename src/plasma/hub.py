@@ -4,7 +4,7 @@ The hot path is ``Hub.publish``: find the subscribers of an event's type and of 
 hand each one the bytes its transport wants (encoded once per event, shared by all), and schedule
 one flush for the loop iteration. Flushing joins everything pending for a connection into one
 ``write``: a loopback write costs 5-7 us of kernel time, the Python work per delivery well
-under 1 us, so the number of writes decides throughput (DESIGN.md, "The hot path").
+under 1 us, so the number of writes decides throughput (docs/architecture.md, "The hot path").
 """
 
 from __future__ import annotations
