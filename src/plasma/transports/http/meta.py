@@ -21,6 +21,14 @@ from plasma.transports.access import log_request
 __all__ = ["MetaEndpoints"]
 
 
+_NOT_A_STREAM = (
+    "404 page not found\n"
+    "an event stream needs the request header Accept: text/event-stream "
+    "(EventSource sends it; with curl: curl -N -H 'Accept: text/event-stream' URL)\n"
+)
+"""The original's 404 for a stream URL requested without ``Accept: text/event-stream``."""
+
+
 def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
@@ -64,6 +72,8 @@ class MetaEndpoints:
             return await self._allow(request, ("GET", "HEAD"), self.metrics)
         if path == "/debug" and self._debug:
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if self._event_query in request.query:  # a stream URL opened without the header
+            return web.Response(status=404, text=_NOT_A_STREAM)
         return web.Response(status=404, text="404 page not found\n")
 
     @staticmethod
