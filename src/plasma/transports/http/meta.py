@@ -12,7 +12,7 @@ from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
-from plasma.exporters.prometheus import render_exposition, wants_exposition
+from plasma.exporters.prometheus import FORMATS, render_exposition, wants_exposition
 from plasma.exporters.sender import SnapshotSource
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
@@ -97,11 +97,15 @@ class MetaEndpoints:
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
         """JSON by default; the Prometheus/OpenMetrics exposition when the scrape asks for it."""
+        fmt = request.query.get("format", "")
+        if fmt and fmt.strip().lower() not in FORMATS:
+            return web.Response(
+                status=400, text=f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}\n"
+            )
         snapshot = self._snapshot()
         if inspect.isawaitable(snapshot):
             snapshot = await snapshot
         accept = request.headers.get("Accept", "")
-        fmt = request.query.get("format", "")
         if not wants_exposition(accept, fmt):
             return _json(snapshot)
         body, content_type = render_exposition(snapshot, accept, fmt)
