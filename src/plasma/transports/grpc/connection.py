@@ -197,7 +197,12 @@ class GrpcConnection(asyncio.Protocol):
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
             self.h2.send_headers(sid, [(b":status", b"415")], end_stream=True)
             return
-        stream = ServerStream(self, sid, path.decode("utf-8", "replace"))
+        stream = ServerStream(
+            self,
+            sid,
+            path.decode("utf-8", "replace"),
+            headers.get(b"user-agent", b"").decode("latin-1"),
+        )
         self.streams[sid] = stream
         encoding = headers.get(b"grpc-encoding", b"identity")
         if encoding != b"identity":

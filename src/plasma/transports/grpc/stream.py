@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -148,12 +149,16 @@ class ServerStream:
         "stream_id",
         "task",
         "trailers",
+        "user_agent",
     )
 
-    def __init__(self, conn: StreamConnection, stream_id: int, path: str) -> None:
+    def __init__(
+        self, conn: StreamConnection, stream_id: int, path: str, user_agent: str = ""
+    ) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.path = path
+        self.user_agent = sys.intern(user_agent)  # a handful of distinct strings, held once
         self.encoder: Encoder = _not_an_event_stream
         self.last_seq = 0
         self.messages_sent = 0
