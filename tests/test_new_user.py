@@ -357,9 +357,11 @@ def test_a_stream_does_not_name_library_versions(server: PlasmaProcess) -> None:
 # --- 10. gRPC deadlines are acted on by the server ---------------------------------------------
 
 
-def test_grpc_timeout_ends_the_stream_with_deadline_exceeded(server: PlasmaProcess) -> None:
-    """A raw h2 client: unlike grpcio, it does not end the call itself at the deadline."""
-    before = len(stream_closed_lines(server, "grpc"))
+def raw_events_call(port: int, grpc_timeout: str) -> dict[bytes, bytes]:
+    """One Events call from a raw h2 client; the headers of its end (``grpc-status``...).
+
+    Unlike grpcio, this client never ends the call itself at its deadline: only the server can.
+    """
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     stream_id = conn.get_next_available_stream_id()
@@ -369,16 +371,16 @@ def test_grpc_timeout_ends_the_stream_with_deadline_exceeded(server: PlasmaProce
             (":method", "POST"),
             (":scheme", "http"),
             (":path", EVENTS_METHOD),
-            (":authority", f"127.0.0.1:{server.port}"),
+            (":authority", f"127.0.0.1:{port}"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
-            ("grpc-timeout", "300m"),
+            ("grpc-timeout", grpc_timeout),
         ],
     )
     message = events_request("nothing-publishes-this")
     conn.send_data(stream_id, b"\x00" + len(message).to_bytes(4, "big") + message, end_stream=True)
     trailers: dict[bytes, bytes] = {}
-    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(conn.data_to_send())
         ended = False
         while not ended:
@@ -392,11 +394,25 @@ def test_grpc_timeout_ends_the_stream_with_deadline_exceeded(server: PlasmaProce
                 elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                     ended = True
             sock.sendall(conn.data_to_send())
+    return trailers
+
+
+def test_grpc_timeout_ends_the_stream_with_deadline_exceeded(server: PlasmaProcess) -> None:
+    before = len(stream_closed_lines(server, "grpc"))
+    trailers = raw_events_call(server.port, "300m")
     assert trailers.get(b"grpc-status") == b"4", trailers  # DEADLINE_EXCEEDED
     line = wait_for(
         lambda: stream_closed_lines(server, "grpc")[before:], what="a gRPC 'stream closed' line"
     )[0]
     assert line["reason"] == "deadline", line
+    assert line["status"] == "DEADLINE_EXCEEDED", line
+
+
+@pytest.mark.parametrize("bad", ["soon", "300", "123456789S", "-1S", "1x"])
+def test_a_malformed_grpc_timeout_is_refused_with_a_status(server: PlasmaProcess, bad: str) -> None:
+    trailers = raw_events_call(server.port, bad)
+    assert trailers.get(b"grpc-status") == b"13", trailers  # INTERNAL, as grpc-go answers
+    assert b"grpc-timeout" in trailers.get(b"grpc-message", b"")
 
 
 # --- 11. the quick start's Redis example runs on the machine ./scripts/test set up -------------
