@@ -50,7 +50,7 @@ def test_port_in_use_is_a_clear_error(plasma: Callable[..., PlasmaProcess]) -> N
         assert server.proc is not None
         rc = server.proc.wait(15)
     assert rc != 0
-    err = server.stderr_path.read_text()
+    err = server.output()  # the error log (stdout by default)
     assert "PLASMA_PORT" in err
     assert str(port) in err
     assert "already in use" in err

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from plasma import __version__
 from plasma.config import Config, settings_help
 from plasma.errors import ConfigError, StartupError
-from plasma.logging import configure_logging
+from plasma.logging import configure_logging, silence_broken_pipe
 from plasma.process import run_server
 from plasma.workers import run_workers
 
@@ -27,11 +27,9 @@ Configure it with environment variables:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in args):
-        print(USAGE + "\n" + settings_help())
-        return 0
+        return _say(USAGE + "\n" + settings_help())
     if any(a in ("-V", "--version", "version") for a in args):
-        print(f"plasma {__version__}")
-        return 0
+        return _say(f"plasma {__version__}")
     if args:
         print(
             f"plasma: unknown argument {args[0]!r}; settings are environment variables, "
@@ -52,3 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.workers != 1:
         return run_workers(config)
     return run_server(config)
+
+
+def _say(text: str) -> int:
+    """Print to stdout; a reader that went away (``plasma --help | head``) ends it quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        silence_broken_pipe(sys.stdout)
+    return 0

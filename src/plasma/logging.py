@@ -8,6 +8,7 @@ Fields passed with ``extra={...}`` become top-level keys of the JSON line.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
@@ -23,6 +24,7 @@ __all__ = [
     "LogThrottle",
     "configure_logging",
     "open_log_stream",
+    "silence_broken_pipe",
 ]
 
 ACCESS_LOGGER = "plasma.access"
@@ -71,8 +73,35 @@ def open_log_stream(out: str, variable: str) -> IO[str]:
         raise StartupError(f"{variable}={out!r}: cannot open log file: {exc.strerror}") from exc
 
 
+def silence_broken_pipe(stream: IO[str]) -> None:
+    """Point a stream whose reader went away (``plasma --help | head``) at ``/dev/null``.
+
+    Python ignores SIGPIPE, so every later write, and the flush at exit, would raise again and
+    print a traceback; a closed stdout ends quietly instead.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+class _StreamHandler(logging.StreamHandler[IO[str]]):
+    """A log target whose reader went away is silenced, not reported on every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            silence_broken_pipe(self.stream)
+            return
+        super().handleError(record)
+
+
 def _handler(config: LogConfig, variable: str) -> logging.Handler:
-    handler = logging.StreamHandler(open_log_stream(config.out, variable))
+    handler = _StreamHandler(open_log_stream(config.out, variable))
     handler.setFormatter(JSONFormatter())
     handler.setLevel(_LEVELS[config.level])
     return handler

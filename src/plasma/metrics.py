@@ -329,6 +329,7 @@ class RuntimeStats:
         gc_per_second = (collections - collections_then) / elapsed
         pause_per_second = (paused - paused_then) / elapsed
         heap = _malloc_figures()
+        rss, max_rss = _resident_bytes()
         threshold, count = gc.get_threshold()[0], gc.get_count()[0]
         watch = self._gc
         return {
@@ -339,8 +340,8 @@ class RuntimeStats:
             "cpu_num": os.cpu_count() or 1,
             "thread_num": threading.active_count(),
             "pid": os.getpid(),
-            "memory_rss": _rss_bytes(),
-            "memory_max_rss": usage.ru_maxrss * 1024,
+            "memory_rss": rss,
+            "memory_max_rss": max_rss,
             "cpu_user_seconds": usage.ru_utime,
             "cpu_system_seconds": usage.ru_stime,
             # The original's runtime-neutral keys, with CPython's nearest measure; null where
@@ -348,7 +349,7 @@ class RuntimeStats:
             # the OS).
             "memory_alloc": heap["in_use"],
             "memory_total_alloc": None,
-            "memory_sys": _rss_bytes(),
+            "memory_sys": rss,
             "memory_lookups": 0,
             "memory_mallocs": None,
             "memory_frees": None,
@@ -413,12 +414,24 @@ def _process_figures(collect: Callable[[], Iterable[Any]]) -> dict[str, float]:
     return {s.name: s.value for family in collect() for s in family.samples}
 
 
-def _rss_bytes() -> int:
+def _resident_bytes() -> tuple[int, int]:
+    """Resident memory now and at its peak, from one read of ``/proc/self/status``.
+
+    One source, so the peak is never below the current figure: ``ru_maxrss`` lags the kernel's
+    own counters and also counts the parent's memory from before ``exec``.
+    """
+    figures: dict[bytes, int] = {}
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    figures[line[:5]] = int(line.split()[1]) * 1024
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        pass
+    if len(figures) < 2:  # no procfs: the peak is all getrusage knows
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak, peak
+    return figures[b"VmRSS"], figures[b"VmHWM"]
 
 
 def _open_fds() -> int | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-import sys
 
 from plasma.config import Config
 from plasma.errors import SourceGaveUp, StartupError
@@ -51,8 +50,7 @@ def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str =
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir))
     except StartupError as exc:
-        log.critical(str(exc))
-        print(f"plasma: {exc}", file=sys.stderr)
+        log.critical(str(exc))  # once, on the error log: the message names the setting to change
         return EXIT_STARTUP
     except SourceGaveUp as exc:
         log.critical("giving up: %s", exc)

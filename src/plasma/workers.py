@@ -166,7 +166,6 @@ def run_workers(config: Config) -> int:
         _check_port(config)
     except StartupError as exc:
         log.critical(str(exc))
-        print(f"plasma: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     log.info("starting workers", extra={"workers": count, "port": config.port})
     return _Supervisor(config, count).run()

@@ -22,13 +22,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["SnapshotCollector", "render_exposition", "wants_exposition"]
+__all__ = ["FORMATS", "SnapshotCollector", "render_exposition", "wants_exposition"]
 
 _EXPOSITION_TYPES = ("application/openmetrics-text", "text/plain")
 _JSON_TYPES = ("application/json",)
 _OPENMETRICS = "application/openmetrics-text;version=1.0.0"
 _TEXT_0_0_4 = "text/plain;version=0.0.4"
 _FORMATS = {"prometheus": True, "openmetrics": True, "json": False}
+FORMATS = tuple(_FORMATS)
+"""The values ``?format=`` takes."""
 
 
 def wants_exposition(accept: str, format_param: str = "") -> bool:

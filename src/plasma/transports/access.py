@@ -46,14 +46,19 @@ def log_stream_end(
     *,
     transport: str,
     remote: str,
+    method: str,
     path: str,
+    user_agent: str,
     types: Sequence[str],
     started: float,
     events: int,
     reason: str,
     status: int | str = 200,
 ) -> None:
-    """One line when a stream ends: who, what they asked for, how long, how much was sent."""
+    """One line when a stream ends: who, what they asked for, how long, how much was sent.
+
+    It carries the request fields of every access line (``log_request``'s), then the stream's.
+    """
     if not access_log.isEnabledFor(logging.INFO):
         return
     access_log.info(
@@ -61,8 +66,10 @@ def log_stream_end(
         extra={
             "transport": transport,
             "remote": remote,
+            "method": method,
             "path": path,
             "status": status,
+            "user_agent": user_agent,
             "types": list(types),
             "duration_ms": round((time.monotonic() - started) * 1000, 3),
             "events_sent": events,

@@ -29,7 +29,7 @@ import h2.settings
 from plasma.config import LimitsConfig
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
-from plasma.transports.grpc.stream import CallHandler, ServerStream, Status
+from plasma.transports.grpc.stream import CallHandler, ServerStream, Status, parse_timeout
 from plasma.transports.listener import H2_PREFACE
 
 __all__ = ["HANDSHAKE_TIMEOUT", "ConnectionHost", "GrpcConnection"]
@@ -197,7 +197,12 @@ class GrpcConnection(asyncio.Protocol):
         if not headers.get(b"content-type", b"").startswith(b"application/grpc"):
             self.h2.send_headers(sid, [(b":status", b"415")], end_stream=True)
             return
-        stream = ServerStream(self, sid, path.decode("utf-8", "replace"))
+        stream = ServerStream(
+            self,
+            sid,
+            path.decode("utf-8", "replace"),
+            headers.get(b"user-agent", b"").decode("latin-1"),
+        )
         self.streams[sid] = stream
         encoding = headers.get(b"grpc-encoding", b"identity")
         if encoding != b"identity":
@@ -205,9 +210,17 @@ class GrpcConnection(asyncio.Protocol):
                 Status.UNIMPLEMENTED, f"grpc-encoding {encoding.decode(errors='replace')!r}"
             )
             return
+        timeout = headers.get(b"grpc-timeout")
+        try:
+            seconds = None if timeout is None else parse_timeout(timeout)
+        except ValueError as exc:
+            stream.finish(Status.INTERNAL, str(exc))  # what grpc-go answers
+            return
         handler = self.host.open_call(stream, path)
         if handler is not None:
             stream.attach(handler)
+            if seconds is not None:
+                stream.expire_in(seconds)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         # Messages are consumed at once (and bounded), so the window is returned at once.

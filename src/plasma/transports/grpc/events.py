@@ -159,7 +159,9 @@ class EventsCall:
         log_stream_end(
             transport="grpc",
             remote=stream.conn.remote,
+            method="POST",
             path=stream.path,
+            user_agent=stream.user_agent,
             types=self._types,
             started=self._started,
             events=stream.messages_sent,

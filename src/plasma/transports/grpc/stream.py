@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ __all__ = [
     "Status",
     "StreamConnection",
     "frame_message",
+    "parse_timeout",
 ]
 
 log = logging.getLogger("plasma.transports.grpc")
@@ -62,6 +64,17 @@ class Status(enum.IntEnum):
 def frame_message(message: bytes) -> bytes:
     """A gRPC length-prefixed message: flag 0 (not compressed), 4-byte big-endian length."""
     return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def parse_timeout(value: bytes) -> float:
+    """Seconds in a ``grpc-timeout`` header (1 to 8 digits and a unit); ``ValueError`` if not."""
+    digits, unit = value[:-1], _TIMEOUT_UNITS.get(value[-1:])
+    if unit is None or not 1 <= len(digits) <= 8 or not digits.isdigit():
+        raise ValueError(f"malformed grpc-timeout {value.decode('latin-1')!r}")
+    return int(digits) * unit
 
 
 def _percent_encode(text: str) -> bytes:
@@ -133,6 +146,7 @@ class ServerStream:
         "_inbox",
         "closed",
         "conn",
+        "deadline",
         "encoder",
         "ended",
         "handler",
@@ -148,12 +162,16 @@ class ServerStream:
         "stream_id",
         "task",
         "trailers",
+        "user_agent",
     )
 
-    def __init__(self, conn: StreamConnection, stream_id: int, path: str) -> None:
+    def __init__(
+        self, conn: StreamConnection, stream_id: int, path: str, user_agent: str = ""
+    ) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.path = path
+        self.user_agent = sys.intern(user_agent)  # a handful of distinct strings, held once
         self.encoder: Encoder = _not_an_event_stream
         self.last_seq = 0
         self.messages_sent = 0
@@ -171,12 +189,22 @@ class ServerStream:
         self.reason = ""
         self.handler: CallHandler | None = None
         self.task: asyncio.Task[Any] | None = None
+        self.deadline: asyncio.TimerHandle | None = None
         self._inbox = bytearray()
         self._data_suffix = b"\x00\x00" + stream_id.to_bytes(4, "big")  # DATA, no flags, id
 
     def attach(self, handler: CallHandler) -> None:
         """Give the call its behaviour (chosen by path); the stream reports to it from now on."""
         self.handler = handler
+
+    def expire_in(self, seconds: float) -> None:
+        """End the call with DEADLINE_EXCEEDED ``seconds`` from now (the client's
+        ``grpc-timeout``), as gRPC servers do: one timer per call, cancelled when it ends."""
+        self.deadline = asyncio.get_running_loop().call_later(seconds, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self.deadline = None
+        self.finish(Status.DEADLINE_EXCEEDED, "deadline exceeded", reason="deadline")
 
     # --- sending (the hot path) ------------------------------------------------------------
 
@@ -233,6 +261,9 @@ class ServerStream:
         self.ended = True
         self.reason = reason
         self.status = status
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.task is not None and not self.task.done():
             self.task.cancel()
         handler, self.handler = self.handler, None

@@ -12,13 +12,21 @@ from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
-from plasma.exporters.prometheus import render_exposition, wants_exposition
+from plasma.exporters.prometheus import FORMATS, render_exposition, wants_exposition
 from plasma.exporters.sender import SnapshotSource
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
 
 __all__ = ["MetaEndpoints"]
+
+
+_NOT_A_STREAM = (
+    "404 page not found\n"
+    "an event stream needs the request header Accept: text/event-stream "
+    "(EventSource sends it; with curl: curl -N -H 'Accept: text/event-stream' URL)\n"
+)
+"""The original's 404 for a stream URL requested without ``Accept: text/event-stream``."""
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -64,6 +72,8 @@ class MetaEndpoints:
             return await self._allow(request, ("GET", "HEAD"), self.metrics)
         if path == "/debug" and self._debug:
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if self._event_query in request.query:  # a stream URL opened without the header
+            return web.Response(status=404, text=_NOT_A_STREAM)
         return web.Response(status=404, text="404 page not found\n")
 
     @staticmethod
@@ -87,11 +97,15 @@ class MetaEndpoints:
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
         """JSON by default; the Prometheus/OpenMetrics exposition when the scrape asks for it."""
+        fmt = request.query.get("format", "")
+        if fmt and fmt.strip().lower() not in FORMATS:
+            return web.Response(
+                status=400, text=f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}\n"
+            )
         snapshot = self._snapshot()
         if inspect.isawaitable(snapshot):
             snapshot = await snapshot
         accept = request.headers.get("Accept", "")
-        fmt = request.query.get("format", "")
         if not wants_exposition(accept, fmt):
             return _json(snapshot)
         body, content_type = render_exposition(snapshot, accept, fmt)

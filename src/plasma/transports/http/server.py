@@ -3,16 +3,21 @@
 aiohttp parses requests (request line, headers, keep-alive, pipelining); plasma routes them
 to SSE or the meta endpoints. Malformed requests are answered ``400`` by aiohttp; they are
 logged here as one line, at warning level at most once a minute, never as a traceback per
-request, so a scanner cannot flood the error log.
+request, so a scanner cannot flood the error log. Every answer says ``Server: plasma``, never
+the versions of Python and aiohttp (aiohttp's default).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web, web_server
+from aiohttp import hdrs, web, web_protocol, web_server
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 
 from plasma.config import LimitsConfig
 from plasma.logging import LogThrottle
@@ -54,6 +59,24 @@ def setup_http_logging() -> None:
         _protocol_log.addFilter(_MalformedRequestFilter())
 
 
+class _Request(web.BaseRequest):
+    """A request whose answer, whoever builds it (plasma or aiohttp's error path), names plasma."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # Runs after aiohttp's own headers are set and before any is written.
+        response.headers[hdrs.SERVER] = "plasma"
+
+
+def _make_request(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: web_protocol.RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    return _Request(message, payload, protocol, writer, task, asyncio.get_running_loop())
+
+
 def create_http_server(
     handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], limits: LimitsConfig
 ) -> web_server.Server:
@@ -61,6 +84,7 @@ def create_http_server(
     return web_server.Server(
         handler,
         handler_cancellation=True,
+        request_factory=_make_request,
         access_log=None,
         logger=_protocol_log,
         tcp_keepalive=False,  # the listener already set it on every connection

@@ -32,7 +32,14 @@ __all__ = ["SSEConnection"]
 log = logging.getLogger("plasma.transports.sse")
 
 # Headers the lean path reads; everything else is skipped while parsing.
-_WANTED = {b"accept", b"last-event-id", b"x-forwarded-for", b"content-length", b"transfer-encoding"}
+_WANTED = {
+    b"accept",
+    b"last-event-id",
+    b"x-forwarded-for",
+    b"content-length",
+    b"transfer-encoding",
+    b"user-agent",
+}
 
 
 class _HandOver(Exception):
@@ -156,6 +163,7 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
                 headers.get(b"x-forwarded-for", b"").decode("latin-1"), peer[0] if peer else ""
             ),
             (url.path or b"/").decode("latin-1"),
+            headers.get(b"user-agent", b"").decode("latin-1"),
         )
         self._headers = {}
         if http10:

@@ -57,7 +57,9 @@ async def serve_stream(sse: SSETransport, request: web.BaseRequest) -> web.Strea
     if transport is None:  # the client left before we answered
         return response
     sub = _HandlerSubscriber(sse, transport, request.version >= HttpVersion11)
-    sub.describe(types, started, remote_address(request), request.path)
+    sub.describe(
+        types, started, remote_address(request), request.path, request.headers.get("User-Agent", "")
+    )
     await response.write(sse.head.retry)  # aiohttp frames it (a chunk, unless HTTP/1.0)
     sse.begin_stream(sub)
     try:

@@ -7,6 +7,7 @@ written straight to the socket by the hub's flush, one ``write`` per client per 
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Protocol
 
 from plasma.events import Encoder
@@ -56,6 +57,7 @@ class SSESubscriber:
         "started",
         "remote",
         "path",
+        "user_agent",
     )
 
     def __init__(self, owner: StreamOwner, transport: asyncio.Transport, chunked: bool) -> None:
@@ -74,6 +76,7 @@ class SSESubscriber:
         self.started = 0.0
         self.remote = ""
         self.path = ""
+        self.user_agent = ""
         if not chunked:
             self.unchunked()
 
@@ -82,12 +85,16 @@ class SSESubscriber:
         self.chunked = False
         self.encoder = encode_sse
 
-    def describe(self, types: tuple[str, ...], started: float, remote: str, path: str) -> None:
+    def describe(
+        self, types: tuple[str, ...], started: float, remote: str, path: str, user_agent: str
+    ) -> None:
         """Record what the access log says about this stream when it ends."""
         self.types = types
         self.started = started
         self.remote = remote
         self.path = path
+        # Thousands of browsers send a handful of distinct strings: hold each once.
+        self.user_agent = sys.intern(user_agent)
 
     def push(self, data: bytes) -> SSESubscriber | None:
         self.events_sent += 1

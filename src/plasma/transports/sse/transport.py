@@ -120,7 +120,9 @@ class SSETransport:
         log_stream_end(
             transport="sse",
             remote=sub.remote,
+            method="GET",
             path=sub.path,
+            user_agent=sub.user_agent,
             types=sub.types,
             started=sub.started,
             events=sub.events_sent,
