@@ -16,6 +16,7 @@ from aiohttp import web, web_server
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
+from plasma.health import HealthMonitor
 from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
@@ -88,10 +89,13 @@ class Server:
             client_buffer=config.client_buffer,
             limits=config.limits,
         )
+        self.health = HealthMonitor(self.source, peers_healthy=self._peers_healthy)
+        """The one health state /hc and the gRPC health service answer from."""
+        self.metrics.source_changed = self.health.source_changed
         self.grpc = GrpcTransport(
             self.hub,
             self.metrics,
-            self.source,
+            self.health,
             client_buffer=config.client_buffer,
             limits=config.limits,
         )
@@ -101,8 +105,8 @@ class Server:
             debug=config.debug,
             origin=config.origin,
             event_query=config.sse.event_query,
+            health=self.health,
             snapshot=self.whole_server_snapshot,
-            peers_healthy=self._peers_healthy,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None
@@ -149,6 +153,7 @@ class Server:
             self._metrics_sender = MetricsSender(config.metrics, self.whole_server_snapshot)
             self._metrics_sender.start()  # PLASMA_METRICS_TYPE=log|syslog; no-op when empty
         self._source_task = loop.create_task(self._run_source())
+        self.health.start()
         if self.peers is not None:
             self._peers_task = loop.create_task(self._share_metrics(self.peers))
         self.metrics.runtime.start()
@@ -253,6 +258,7 @@ class Server:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:
             self._peers_task.cancel()
+        await self.health.aclose()
         task = self._source_task
         if task is not None and not task.done():
             task.cancel()

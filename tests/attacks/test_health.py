@@ -51,16 +51,16 @@ async def _check_flood(port: int, calls: int) -> list[int]:
 async def test_a_flood_of_health_checks_gets_true_answers_and_no_broker_connections(
     server: PlasmaProcess, redis_server: RedisServer
 ) -> None:
-    before = broker_clients(redis_server)
     with Canaries(server, redis_server) as canaries, MemoryWatch(server.proc.pid) as memory:
+        before = broker_clients(redis_server)  # plasma's and the canaries' publisher
         flood = asyncio.gather(*(_check_flood(server.port, 300) for _ in range(5)))
         polls = [await asyncio.to_thread(http, server.url + "/hc") for _ in range(5)]
         statuses = [s for batch in await flood for s in batch]
         during = broker_clients(redis_server)
     assert statuses == [SERVING] * 1500
     assert [p.status for p in polls] == [200] * 5
-    # plasma's own connections (pub/sub and the one probe), whatever the number of checks.
-    assert during <= max(before, 2)
+    # plasma keeps its own connections (pub/sub and the one probe), whatever the checks.
+    assert during <= max(before, 3)
     canaries.assert_on_time()
     memory.assert_bounded()
 
