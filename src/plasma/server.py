@@ -22,6 +22,7 @@ from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc.transport import GrpcTransport
+from plasma.transports.handshakes import TLSHandshakes
 from plasma.transports.http.meta import MetaEndpoints
 from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
@@ -111,6 +112,7 @@ class Server:
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None
         self._listeners: list[asyncio.Server] = []
+        self._handshakes: TLSHandshakes | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._peers_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -135,19 +137,23 @@ class Server:
         def new_http_connection() -> asyncio.Protocol:
             return SSEConnection(self.sse, http)
 
+        handshakes = TLSHandshakes(tls, timeout=limits.header_timeout) if tls else None
+        self._handshakes = handshakes
         both = SniffingFactory(
             http=new_http_connection,
             grpc=self.grpc.protocol_factory,
             first_bytes_timeout=limits.header_timeout,
+            tls=handshakes,
         )
-        await self._listen(both, config.port, "PLASMA_PORT", tls)
+        await self._listen(both, config.port, "PLASMA_PORT")
         if config.grpc_port is not None:
             grpc_only = SniffingFactory(
                 http=None,
                 grpc=self.grpc.protocol_factory,
                 first_bytes_timeout=limits.header_timeout,
+                tls=handshakes,
             )
-            await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
+            await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT")
         self.sse.start()
         if not self.worker_id:  # with workers, worker 0 sends for the whole server
             self._metrics_sender = MetricsSender(config.metrics, self.whole_server_snapshot)
@@ -192,17 +198,14 @@ class Server:
             peers.write(self.metrics.snapshot())
             await asyncio.sleep(1.0)
 
-    async def _listen(
-        self, factory: SniffingFactory, port: int, variable: str, tls: ssl.SSLContext | None
-    ) -> None:
+    async def _listen(self, factory: SniffingFactory, port: int, variable: str) -> None:
+        """Listen on ``port``; TLS, when configured, is the factory's (after accept)."""
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
                 factory,
                 host=self.config.host or None,
                 port=port,
-                ssl=tls,
-                ssl_handshake_timeout=10.0 if tls else None,
                 backlog=4096,
                 reuse_address=True,
                 reuse_port=self.config.workers != 1 or None,
@@ -254,6 +257,8 @@ class Server:
         log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
         for server in self._listeners:
             server.close()
+        if self._handshakes is not None:
+            self._handshakes.close()
         if self._metrics_sender is not None:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:

@@ -297,7 +297,7 @@ def test_connections_refused_at_the_file_limit_are_logged(
             what="a log line about the descriptor limit",
         )
         assert line["level"] in ("warn", "error")
-        assert line["open"] >= 16
+        assert 0 < line["open"] <= limit
     finally:
         for sock in held:
             sock.close()
