@@ -465,3 +465,48 @@ async def test_resume_from_history_does_not_ask_the_archive() -> None:
     await settle()
     assert ids_of(sub) == [second.id]
     assert archive.asked == []
+
+
+async def test_a_long_replay_yields_to_live_events_and_misses_none() -> None:
+    """A replay goes out in slices between loop turns; what is published meanwhile follows it,
+    once each, in order, and the subscription starts right after."""
+    hub = Hub(Metrics(), history_size=5000)
+    for _ in range(3000):
+        hub.publish(event("a"))
+    ids_after = [e.id for e in hub.history.after(f"{hub.epoch}-0") or []]
+    assert len(ids_after) == 3000
+    bystander = FakeSubscriber("live")
+    hub.subscribe(bystander, ("b",))
+    sub = FakeSubscriber("resuming")
+    resuming = asyncio.create_task(hub.resume(sub, ("a", "b"), f"{hub.epoch}-0"))
+    await asyncio.sleep(0)
+    live = [event("b") for _ in range(3)]
+    for e in live:
+        hub.publish(e)
+        await asyncio.sleep(0)
+    # The bystander got the live events while the replay was still going.
+    assert bystander.types == ["b"] * 3
+    assert not resuming.done()
+    assert await resuming is True
+    hub.publish(event("a"))
+    await settle()
+    assert ids_of(sub)[:3000] == ids_after
+    assert ids_of(sub)[3000:3003] == [e.id for e in live]
+    assert sub.types[3000:] == ["b", "b", "b", "a"]
+
+
+async def test_a_subscriber_that_leaves_during_its_replay_stays_unsubscribed() -> None:
+    hub = Hub(Metrics(), history_size=5000)
+    for _ in range(3000):
+        hub.publish(event("a"))
+    sub = FakeSubscriber()
+    resuming = asyncio.create_task(hub.resume(sub, ("a",), f"{hub.epoch}-0"))
+    await asyncio.sleep(0)
+    hub.unsubscribe(sub)  # what a stream's close does
+    assert await resuming is True
+    await settle()
+    replayed = len(sub.received)
+    assert replayed < 3000
+    hub.publish(event("a"))
+    await settle()
+    assert len(sub.received) == replayed

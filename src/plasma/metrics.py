@@ -92,12 +92,26 @@ class Metrics:
         self.connections_opened: Counter[str] = Counter()
         self.connections_closed: Counter[tuple[str, str]] = Counter()
         self.clients_dropped: Counter[str] = Counter()
-        self.source_up = 0
+        self._source_up = 0
+        self.source_changed: Callable[[], None] | None = None
+        """Called when ``source_up`` changes: the health monitor probes at once."""
         self.source_reconnects = 0
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.runtime = RuntimeStats()
         """Runtime figures; the server starts and stops their sampling."""
+
+    @property
+    def source_up(self) -> int:
+        """1 while the source is connected to its broker (set by the source)."""
+        return self._source_up
+
+    @source_up.setter
+    def source_up(self, value: int) -> None:
+        if value != self._source_up:
+            self._source_up = value
+            if self.source_changed is not None:
+                self.source_changed()
 
     def event_skipped(self, reason: str) -> None:
         self.events_skipped[reason] += 1

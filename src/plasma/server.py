@@ -16,11 +16,13 @@ from aiohttp import web, web_server
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
+from plasma.health import HealthMonitor
 from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc.transport import GrpcTransport
+from plasma.transports.handshakes import TLSHandshakes
 from plasma.transports.http.meta import MetaEndpoints
 from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
@@ -88,10 +90,13 @@ class Server:
             client_buffer=config.client_buffer,
             limits=config.limits,
         )
+        self.health = HealthMonitor(self.source, peers_healthy=self._peers_healthy)
+        """The one health state /hc and the gRPC health service answer from."""
+        self.metrics.source_changed = self.health.source_changed
         self.grpc = GrpcTransport(
             self.hub,
             self.metrics,
-            self.source,
+            self.health,
             client_buffer=config.client_buffer,
             limits=config.limits,
         )
@@ -101,12 +106,13 @@ class Server:
             debug=config.debug,
             origin=config.origin,
             event_query=config.sse.event_query,
+            health=self.health,
             snapshot=self.whole_server_snapshot,
-            peers_healthy=self._peers_healthy,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None
         self._listeners: list[asyncio.Server] = []
+        self._handshakes: TLSHandshakes | None = None
         self._source_task: asyncio.Task[None] | None = None
         self._peers_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -131,24 +137,29 @@ class Server:
         def new_http_connection() -> asyncio.Protocol:
             return SSEConnection(self.sse, http)
 
+        handshakes = TLSHandshakes(tls, timeout=limits.header_timeout) if tls else None
+        self._handshakes = handshakes
         both = SniffingFactory(
             http=new_http_connection,
             grpc=self.grpc.protocol_factory,
             first_bytes_timeout=limits.header_timeout,
+            tls=handshakes,
         )
-        await self._listen(both, config.port, "PLASMA_PORT", tls)
+        await self._listen(both, config.port, "PLASMA_PORT")
         if config.grpc_port is not None:
             grpc_only = SniffingFactory(
                 http=None,
                 grpc=self.grpc.protocol_factory,
                 first_bytes_timeout=limits.header_timeout,
+                tls=handshakes,
             )
-            await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT", tls)
+            await self._listen(grpc_only, config.grpc_port, "PLASMA_GRPC_PORT")
         self.sse.start()
         if not self.worker_id:  # with workers, worker 0 sends for the whole server
             self._metrics_sender = MetricsSender(config.metrics, self.whole_server_snapshot)
             self._metrics_sender.start()  # PLASMA_METRICS_TYPE=log|syslog; no-op when empty
         self._source_task = loop.create_task(self._run_source())
+        self.health.start()
         if self.peers is not None:
             self._peers_task = loop.create_task(self._share_metrics(self.peers))
         self.metrics.runtime.start()
@@ -187,17 +198,14 @@ class Server:
             peers.write(self.metrics.snapshot())
             await asyncio.sleep(1.0)
 
-    async def _listen(
-        self, factory: SniffingFactory, port: int, variable: str, tls: ssl.SSLContext | None
-    ) -> None:
+    async def _listen(self, factory: SniffingFactory, port: int, variable: str) -> None:
+        """Listen on ``port``; TLS, when configured, is the factory's (after accept)."""
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(
                 factory,
                 host=self.config.host or None,
                 port=port,
-                ssl=tls,
-                ssl_handshake_timeout=10.0 if tls else None,
                 backlog=4096,
                 reuse_address=True,
                 reuse_port=self.config.workers != 1 or None,
@@ -249,10 +257,13 @@ class Server:
         log.info("plasma shutting down", extra={"connections": self.metrics.connection_count})
         for server in self._listeners:
             server.close()
+        if self._handshakes is not None:
+            self._handshakes.close()
         if self._metrics_sender is not None:
             await self._metrics_sender.aclose()
         if self._peers_task is not None:
             self._peers_task.cancel()
+        await self.health.aclose()
         task = self._source_task
         if task is not None and not task.done():
             task.cancel()

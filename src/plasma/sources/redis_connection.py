@@ -3,7 +3,15 @@
 Connection lifecycle: ``listen`` connects and reads until the connection fails; then wait
 ``retry_interval`` and do it again. ``max_retry`` consecutive failures either stop the server
 (``die``) or are logged and the count starts over (``alive``). A second, short-timeout client
-(the *probe*) answers ``/hc`` and the ``/debug`` publish without touching the reading one.
+(the *probe*) answers the health monitor and the ``/debug`` publish without touching the
+reading one.
+
+Every client speaks RESP2, which every Redis understands: redis-py 8 opens with ``HELLO 3`` by
+default, and a Redis older than 6 answers that with an error, so plasma could not subscribe at
+all. The probe parses replies in Python, not with hiredis: a broker that announces a reply of
+billions of elements (``*3000000000``) made hiredis allocate and then free a list that size,
+freezing the loop for seconds (and a shutdown with it); the Python parser reads elements as
+they arrive and the probe's timeout ends the wait.
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis._parsers import BaseParser, _AsyncRESP2Parser  # redis-py's own parser, in Python
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -39,25 +49,33 @@ class RedisConnection:
         self._metrics = metrics
         self._log = log
         self._failures = 0
-        self.probe = self.client(timeout=PROBE_TIMEOUT)
+        self.probe = self.client(timeout=PROBE_TIMEOUT, parser_class=_AsyncRESP2Parser)
         """A short-timeout client for health checks and single commands."""
         self._closed = False
 
-    def client(self, timeout: float | None) -> aioredis.Redis:
+    def client(
+        self, timeout: float | None, parser_class: type[BaseParser] | None = None
+    ) -> aioredis.Redis:
         """A new client; ``timeout`` None blocks on reads (the reading connection)."""
         c = self.config
-        return aioredis.Redis(
-            host=c.host,
-            port=c.port,
-            password=c.password or None,
-            db=c.db,
-            socket_connect_timeout=min(c.timeout, PROBE_TIMEOUT) if timeout else c.timeout,
-            socket_timeout=timeout,
-            socket_keepalive=True,
-            retry_on_timeout=False,
+        settings: dict[str, Any] = {
+            "host": c.host,
+            "port": c.port,
+            "password": c.password or None,
+            "db": c.db,
+            "socket_connect_timeout": min(c.timeout, PROBE_TIMEOUT) if timeout else c.timeout,
+            "socket_timeout": timeout,
+            "socket_keepalive": True,
+            "retry_on_timeout": False,
             # Reconnects are this module's job (die/alive policy, metrics), not redis-py's.
-            retry=Retry(NoBackoff(), 0),
-        )
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,
+        }
+        if parser_class is None:
+            return aioredis.Redis(**settings)
+        # The parser is a connection setting; the client owns (and closes) this pool.
+        pool = aioredis.ConnectionPool(parser_class=parser_class, **settings)
+        return aioredis.Redis.from_pool(pool)
 
     @property
     def address(self) -> str:

@@ -1,21 +1,22 @@
 """The standard gRPC extras on plasma's h2 layer: health checking and server reflection.
 
-``grpc.health.v1.Health`` answers like ``GET /hc``: SERVING while the source's broker answers,
-NOT_SERVING otherwise, for the service names ``""`` and ``proto.StreamService``. Server
+``grpc.health.v1.Health`` answers like ``GET /hc``, from the same health state (one probe per
+interval for the whole process, ``plasma.health``): SERVING while the source's broker answers,
+NOT_SERVING otherwise, for the service names ``""`` and ``proto.StreamService``. ``Watch``
+streams are capped per connection and in total. Server
 reflection (``grpc.reflection.v1`` and ``v1alpha``) lets grpcurl-style tools list the services
 and describe ``proto.StreamService`` (the 2017 ``stream.proto``) without the .proto file.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from collections import Counter
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from plasma.sources.base import Source
+from plasma.health import HealthMonitor
 from plasma.transports.grpc import proto
 from plasma.transports.grpc.stream import ServerStream, Status
 
@@ -31,8 +32,10 @@ SERVICE_NAMES = (
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 )
-WATCH_INTERVAL = 1.0
-"""Seconds between health probes while some client watches."""
+MAX_WATCHES = 1000
+"""Concurrent ``Watch`` streams per process; more are refused with RESOURCE_EXHAUSTED."""
+MAX_WATCHES_PER_CONNECTION = 16
+"""Concurrent ``Watch`` streams per connection (a client needs one per service)."""
 
 _SERVING = 1
 _NOT_SERVING = 2
@@ -76,15 +79,17 @@ class _Call:
 
 
 class HealthService:
-    """Health calls and the one probe loop shared by every ``Watch``."""
+    """Health calls, answered from the process's health monitor; ``Watch`` streams hear its
+    changes."""
 
-    def __init__(self, source: Source) -> None:
-        self._source = source
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self._monitor = monitor
         self._watchers: dict[ServerStream, int] = {}
-        self._poller: asyncio.Task[None] | None = None
+        self._per_connection: Counter[object] = Counter()
+        monitor.add_listener(self._changed)
 
     async def status(self) -> int:
-        return _SERVING if await self._source.healthy() else _NOT_SERVING
+        return _SERVING if await self._monitor.current() else _NOT_SERVING
 
     def check(self, stream: ServerStream) -> _Call:
         return _Check(stream, self)
@@ -95,29 +100,43 @@ class HealthService:
     def watch(self, stream: ServerStream) -> _Call:
         return _Watch(stream, self)
 
-    def add_watcher(self, stream: ServerStream, status: int) -> None:
-        self._watchers[stream] = status
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+    def add_watcher(self, stream: ServerStream) -> bool:
+        """Count a new ``Watch``; ``False`` (and the stream refused) past either cap."""
+        if len(self._watchers) >= MAX_WATCHES:
+            refusal = f"more than {MAX_WATCHES} health watches"
+        elif self._per_connection[stream.conn] >= MAX_WATCHES_PER_CONNECTION:
+            refusal = f"more than {MAX_WATCHES_PER_CONNECTION} health watches on one connection"
+        else:
+            self._watchers[stream] = _SERVICE_UNKNOWN
+            self._per_connection[stream.conn] += 1
+            return True
+        stream.finish(Status.RESOURCE_EXHAUSTED, refusal, reason="invalid")
+        return False
+
+    def watching(self, stream: ServerStream, status: int) -> None:
+        """``stream`` was told ``status``; it hears of every change from now on."""
+        if stream in self._watchers:
+            self._watchers[stream] = status
 
     def remove_watcher(self, stream: ServerStream) -> None:
-        self._watchers.pop(stream, None)
+        if self._watchers.pop(stream, None) is not None:
+            conn = stream.conn
+            self._per_connection[conn] -= 1
+            if self._per_connection[conn] <= 0:
+                del self._per_connection[conn]
 
-    async def _poll(self) -> None:
-        while self._watchers:
-            await asyncio.sleep(WATCH_INTERVAL)
-            status = await self.status()
-            for stream, last in list(self._watchers.items()):
-                if last not in (status, _SERVICE_UNKNOWN):
-                    self._watchers[stream] = status
-                    stream.send(_health("HealthCheckResponse")(status=status).SerializeToString())
+    def _changed(self, serving: bool) -> None:
+        status = _SERVING if serving else _NOT_SERVING
+        message = _health("HealthCheckResponse")(status=status).SerializeToString()
+        for stream, last in list(self._watchers.items()):
+            if last not in (status, _SERVICE_UNKNOWN):
+                self._watchers[stream] = status
+                stream.send(message)
 
     async def aclose(self) -> None:
+        self._monitor.remove_listener(self._changed)
         self._watchers.clear()
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        self._per_connection.clear()
 
 
 class _Check(_Call):
@@ -162,11 +181,17 @@ class _List(_Check):
 class _Watch(_Check):
     __slots__ = ()
 
+    def on_message(self, message: bytes) -> None:
+        request = self.parse(_health("HealthCheckRequest"), message)
+        if request is not None and self._health.add_watcher(self._stream):
+            self._stream.run(self._answer(request.service))
+
     async def _answer(self, service: str) -> None:
         stream = self._stream
         status = await self._health.status() if service in HEALTH_SERVICES else _SERVICE_UNKNOWN
         stream.send(_health("HealthCheckResponse")(status=status).SerializeToString())
-        self._health.add_watcher(stream, status)
+        if status != _SERVICE_UNKNOWN:
+            self._health.watching(stream, status)
 
     def on_end(self, reason: str) -> None:
         self._health.remove_watcher(self._stream)

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 from plasma.config import LimitsConfig
+from plasma.health import HealthMonitor
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
-from plasma.sources.base import Source
 from plasma.transports.grpc import proto
 from plasma.transports.grpc.connection import GrpcConnection
 from plasma.transports.grpc.events import EVENTS_PATH, EventsCall
@@ -42,7 +42,7 @@ class GrpcTransport:
         self,
         hub: Hub,
         metrics: Metrics,
-        source: Source,
+        health: HealthMonitor,
         *,
         client_buffer: int,
         limits: LimitsConfig | None = None,
@@ -52,7 +52,7 @@ class GrpcTransport:
         self.metrics = metrics
         self.client_buffer = client_buffer
         self.connections: set[GrpcConnection] = set()
-        self.health = HealthService(source)
+        self.health = HealthService(health)
         self._routes: dict[bytes, _Route] = {
             EVENTS_PATH.encode(): _Route(self._events, counted=True),
             b"/grpc.health.v1.Health/Check": _Route(self.health.check),

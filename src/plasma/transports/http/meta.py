@@ -14,6 +14,7 @@ from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
 from plasma.exporters.prometheus import FORMATS, render_exposition, wants_exposition
 from plasma.exporters.sender import SnapshotSource
+from plasma.health import HealthMonitor
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
@@ -44,11 +45,11 @@ class MetaEndpoints:
         debug: bool,
         origin: str,
         event_query: str,
+        health: HealthMonitor,
         snapshot: SnapshotSource | None = None,
-        peers_healthy: Callable[[], bool] | None = None,
     ) -> None:
         self._source = source
-        self._peers_healthy = peers_healthy or (lambda: True)
+        self._health = health
         self._event_query = event_query
         self._metrics = metrics
         self._snapshot: SnapshotSource = snapshot or metrics.snapshot
@@ -58,7 +59,11 @@ class MetaEndpoints:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
-        response = await self._route(request)
+        try:
+            response = await self._route(request)
+        except web.HTTPException as exc:  # aiohttp's own refusals, e.g. 413 for a large body
+            log_request(request, exc.status, started)
+            raise
         if self._origin and "Access-Control-Allow-Origin" not in response.headers:
             response.headers["Access-Control-Allow-Origin"] = self._origin
         log_request(request, response.status, started)
@@ -89,10 +94,9 @@ class MetaEndpoints:
         return await handler(request)
 
     async def health(self, request: web.BaseRequest) -> web.Response:
-        if not await self._source.healthy():
-            return web.Response(status=500, text=f"{self._source.name} source is unreachable\n")
-        if not self._peers_healthy():
-            return web.Response(status=500, text="a worker's source is unreachable\n")
+        """The process's health state (one probe per interval, never one per request)."""
+        if not await self._health.current():
+            return web.Response(status=500, text=f"{self._health.reason}\n")
         return web.Response(status=200, text="OK\n")
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:

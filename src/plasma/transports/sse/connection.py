@@ -9,6 +9,13 @@ is itself the hub's subscriber: one small object per stream.
 Anything else — another method, no ``Accept: text/event-stream``, a body, a request aiohttp
 must refuse (bad types, limits, capacity) — is handed to aiohttp with the bytes read so far,
 so every error answer and every other endpoint has a single implementation.
+
+Only the first request is parsed: bytes pipelined behind an SSE request are never read (a
+stream does not end, so nothing after it could be answered). A request head that is not
+complete within the configured request-line and header limits (plus a small margin) is refused
+here with ``431`` and the connection closed at once (handed to aiohttp with half a megabyte
+read, its parser took ~20 ms per further read until it answered); the bytes read are kept as a
+list, never re-copied.
 """
 
 from __future__ import annotations
@@ -31,6 +38,10 @@ __all__ = ["SSEConnection"]
 
 log = logging.getLogger("plasma.transports.sse")
 
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 26\r\nConnection: close\r\n\r\nrequest head is too large\n"
+)
 # Headers the lean path reads; everything else is skipped while parsing.
 _WANTED = {
     b"accept",
@@ -51,6 +62,7 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
 
     __slots__ = (
         "_buffer",
+        "_buffered",
         "_complete",
         "_fallback",
         "_header_count",
@@ -65,7 +77,8 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         super().__init__(owner, cast(asyncio.Transport, None), chunked=True)
         self._fallback = fallback
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self._buffer = b""
+        self._buffer: list[bytes] = []
+        self._buffered = 0
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._header_count = 0
@@ -90,7 +103,11 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         parser = self._parser
         if parser is None:
             return  # streaming: a subscriber has nothing more to say
-        self._buffer += data
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > self._sse.head_limit:
+            self._refuse_head()
+            return
         try:
             parser.feed_data(data)
             if self._complete:
@@ -109,11 +126,15 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
     # --- httptools callbacks -----------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
+        if self._complete:
+            return  # a pipelined request: only the first one is read
         self._url += url
         if len(self._url) > self._sse.limits.max_request_line:
             raise _HandOver
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:
+            return
         limits = self._sse.limits
         self._header_count += 1
         if (
@@ -154,7 +175,8 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         http10 = parser.get_http_version() == "1.0"
         self._cancel_timer()
         self._parser = None
-        self._buffer = self._url = b""
+        self._buffer = []
+        self._url = b""
         peer = self.transport.get_extra_info("peername")
         self.describe(
             types,
@@ -184,9 +206,19 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
             log.error("resuming an SSE stream failed", exc_info=task.exception())
             self.close("error")
 
+    def _refuse_head(self) -> None:
+        """A request head larger than any the limits allow: answer 431 and stop reading."""
+        self._cancel_timer()
+        self._parser = None
+        self._buffer = []
+        log.debug("refusing a request head over %d bytes", self._sse.head_limit)
+        self.transport.write(_HEAD_TOO_LARGE)
+        self.transport.close()
+        abort_after_grace(self.transport)
+
     def _hand_over(self) -> None:
         self._cancel_timer()
-        buffer, self._buffer = self._buffer, b""
+        buffer, self._buffer = b"".join(self._buffer), []
         self._parser = None
         hand_over(self.transport, self._fallback, buffer)
 
@@ -200,6 +232,7 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
         if self.close_reason:
             return
         self.close_reason = reason
+        self._sse.hub.unsubscribe(self)  # no more deliveries; only the last bytes drain
         transport = self.transport
         if transport.is_closing():
             return

@@ -30,6 +30,7 @@ class _HandlerSubscriber(SSESubscriber):
     def close(self, reason: str) -> None:
         if not self.done.done():
             self.close_reason = reason
+            self._owner.unsubscribe(self)  # no more deliveries from now on
             self.done.set_result(None)
 
 

@@ -31,6 +31,9 @@ class StreamOwner(Protocol):
     def mark_dirty(self, target: Flushable) -> None:
         """Have ``target`` flushed with the hub's next flush."""
 
+    def unsubscribe(self, sub: SSESubscriber) -> None:
+        """Deliver nothing more to ``sub`` (the server is ending its stream)."""
+
 
 class SSESubscriber:
     """One SSE stream: what is queued for it, and who it is (for the access log).

@@ -34,6 +34,16 @@ def abort_after_grace(transport: asyncio.Transport) -> None:
     asyncio.get_running_loop().call_later(_CLOSE_GRACE, transport.abort)
 
 
+# Bytes a request head may take beyond its configured limits (line ends, "GET", " HTTP/1.1").
+_HEAD_MARGIN = 1024
+
+
+def head_limit(limits: LimitsConfig) -> int:
+    """The most bytes a complete request head can take within ``limits``."""
+    line = limits.max_header_size + 4  # ": " and CRLF
+    return limits.max_request_line + limits.max_headers * line + _HEAD_MARGIN
+
+
 class SSETransport:
     """Validates SSE requests, registers their subscribers with the hub, sends heartbeats."""
 
@@ -51,6 +61,8 @@ class SSETransport:
         self.metrics = metrics
         self.client_buffer = client_buffer
         self.limits = limits or LimitsConfig()
+        self.head_limit = head_limit(self.limits)
+        """Bytes a request head may take on the lean path before it is refused."""
         self.origin = origin
         self.head = StreamHead(retry_ms=config.retry_ms, origin=origin)
         self.retry_after = str(max(1, config.retry_ms // 1000))
@@ -77,6 +89,9 @@ class SSETransport:
     def mark_dirty(self, target: Flushable) -> None:
         self.hub.mark_dirty(target)
 
+    def unsubscribe(self, sub: SSESubscriber) -> None:
+        self.hub.unsubscribe(sub)
+
     # --- what both ways of serving a stream share ----------------------------------------------
 
     def parse_request(
@@ -87,6 +102,11 @@ class SSETransport:
         values = query_values(query_string, name)
         if not values:
             raise InvalidSubscription(f"missing query parameter {name!r}")
+        # Counted as sent, before repeats are dropped: a list of one type 50,000 times costs
+        # as much to check as 50,000 types.
+        max_types = self.limits.max_types
+        if sum(value.count(",") + 1 for value in values) > max_types:
+            raise InvalidSubscription(f"more than {max_types} event types")
         types = parse_types(
             (t for value in values for t in split_types(value)),
             max_types=self.limits.max_types,
