@@ -18,7 +18,7 @@ import trustme
 
 from tests.support import RedisServer, free_port, port_open, wait_for
 
-__all__ = ["NatsServer", "TLSFiles", "tls_files"]
+__all__ = ["NatsServer", "RedisClusterNodes", "TLSFiles", "TLSRedisServer", "tls_files"]
 
 
 class NatsServer:
@@ -144,3 +144,118 @@ class TLSRedisServer(RedisServer):
             ssl_ca_certs=str(self.files.ca),
             **kwargs,
         )
+
+
+class RedisClusterNodes:
+    """Six ``redis-server --cluster-enabled yes`` processes made one cluster with ``redis-cli``.
+
+    Three masters and three replicas (``--cluster-replicas 1``): killing a master promotes its
+    replica. ``seeds`` is the comma list plasma takes in ``PLASMA_SUBSCRIBER_REDIS_ADDR``.
+    """
+
+    def __init__(self, count: int = 6) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="plasma-cluster-"))
+        self.ports = [free_port() for _ in range(count)]
+        # The cluster bus port, named explicitly: port+10000 would overflow for high ports.
+        self.bus_ports = {port: free_port() for port in self.ports}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def seeds(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start_node(self, port: int) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        args = [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(self.bus_ports[port]),
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(node_dir),
+        ]
+        self.procs[port] = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: port_open(port), 10, what=f"cluster node on {port}")
+
+    def start(self) -> RedisClusterNodes:
+        for port in self.ports:
+            self.start_node(port)
+        subprocess.run(
+            [
+                shutil.which("redis-cli") or "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        wait_for(self.ok, 30, interval=0.2, what="cluster_state:ok on every node")
+        return self
+
+    def node(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+
+    def ok(self) -> bool:
+        """Whether every running node reports ``cluster_state:ok`` and the same epoch."""
+        import redis
+
+        try:
+            for port, proc in self.procs.items():
+                if proc.poll() is None:
+                    with self.node(port) as client:
+                        if client.cluster("info").get("cluster_state") != "ok":
+                            return False
+        except redis.RedisError:
+            return False
+        return True
+
+    def client(self) -> Any:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.ports])
+
+    def master_of(self, key: str) -> int:
+        """The port of the master that owns ``key``'s slot now."""
+        with self.client() as cluster:
+            return int(cluster.get_node_from_key(key).port)
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.pop(port)
+        proc.kill()
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
