@@ -18,7 +18,14 @@ import trustme
 
 from tests.support import RedisServer, free_port, port_open, wait_for
 
-__all__ = ["NatsServer", "RedisClusterNodes", "TLSFiles", "TLSRedisServer", "tls_files"]
+__all__ = [
+    "NatsServer",
+    "RedisClusterNodes",
+    "SentinelSetup",
+    "TLSFiles",
+    "TLSRedisServer",
+    "tls_files",
+]
 
 
 class NatsServer:
@@ -259,3 +266,62 @@ class RedisClusterNodes:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+
+class SentinelSetup:
+    """A master, its replica and one sentinel watching them as ``mymaster`` (quorum 1)."""
+
+    def __init__(self, name: str = "mymaster") -> None:
+        self.name = name
+        self.master = RedisServer()
+        self.replica = RedisServer()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="plasma-sentinel-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def sentinels(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> SentinelSetup:
+        self.master.start()
+        self.replica.start()
+        with self.replica.client() as client:
+            client.replicaof("127.0.0.1", self.master.port)
+        conf = self.dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.name} 1000\n"
+            f"sentinel failover-timeout {self.name} 5000\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.master.binary, str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open(self.port), 10, what="the sentinel")
+        wait_for(lambda: self.replicas() == 1, 20, what="the sentinel to see the replica")
+        return self
+
+    def _sentinel(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def master_port(self) -> int:
+        with self._sentinel() as client:
+            host, port = client.sentinel_get_master_addr_by_name(self.name)
+        return int(port)
+
+    def replicas(self) -> int:
+        with self._sentinel() as client:
+            return sum(1 for r in client.sentinel_slaves(self.name) if r.get("is_slave"))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+        self.master.stop()
+        self.replica.stop()
