@@ -194,6 +194,11 @@ class RedisClusterNodes:
             "no",
             "--dir",
             str(node_dir),
+            "--logfile",
+            str(node_dir / "redis.log"),
+            # A replica syncs at once (not after 5 s): only a synced replica can be promoted.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         self.procs[port] = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -219,7 +224,20 @@ class RedisClusterNodes:
             timeout=60,
         )
         wait_for(self.ok, 30, interval=0.2, what="cluster_state:ok on every node")
+        wait_for(self.replicas_synced, 30, interval=0.2, what="every replica in sync")
         return self
+
+    def replicas_synced(self) -> bool:
+        """Whether every replica's link to its master is up (so a failover can promote it)."""
+        synced = 0
+        for port in self.procs:
+            with self.node(port) as client:
+                info = client.info("replication")
+            if info["role"] == "slave":
+                if info.get("master_link_status") != "up":
+                    return False
+                synced += 1
+        return synced == len(self.procs) // 2
 
     def node(self, port: int) -> Any:
         import redis

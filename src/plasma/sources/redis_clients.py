@@ -85,6 +85,7 @@ def node_client(
 def cluster_client(config: RedisConfig, timeout: float | None, connect: float) -> RedisCluster:
     """A Redis Cluster client from the seed nodes: it learns the slot map and follows MOVED."""
     kwargs = _connection_kwargs(config, timeout, connect)
+    del kwargs["retry_on_timeout"]  # not a cluster option: the cluster client retries MOVED
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in config.addrs],
         require_full_coverage=False,

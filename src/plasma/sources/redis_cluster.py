@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 
 from plasma.errors import SourceError
 
-__all__ = ["listen_sharded"]
+__all__ = ["listen_sharded", "read_streams"]
 
 
 async def listen_sharded(
@@ -94,3 +94,37 @@ async def _read(
             channel = message["channel"].decode("utf-8", "replace")
             raise SourceError(f"the cluster moved the slot of channel {channel!r}")
 
+
+
+async def read_streams(
+    cluster: RedisCluster,
+    positions: dict[str, str],
+    publish: Callable[[str, list[Any]], None],
+    *,
+    count: int,
+    block_ms: int,
+) -> None:
+    """``XREAD`` each stream on its own slot's master, one task per stream, until one fails.
+
+    A multi-key ``XREAD`` across slots is refused (``CROSSSLOT``), so each stream is read on its
+    own; the cluster client routes by key and follows ``MOVED`` after a failover or resharding.
+    ``positions`` is updated as entries are handed to ``publish(stream, entries)``.
+    """
+
+    async def read(stream: str) -> None:
+        while True:
+            reply: Any = await cluster.xread({stream: positions[stream]}, count=count, block=block_ms)
+            for _, entries in reply or ():
+                if entries:
+                    positions[stream] = entries[-1][0].decode()
+                    publish(stream, entries)
+
+    readers = [asyncio.ensure_future(read(stream)) for stream in positions]
+    try:
+        done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
