@@ -1,8 +1,9 @@
 """The Redis pub/sub source: subscribe to the configured channels and feed every message to the hub.
 
-Reconnects follow ``RedisConnection``'s die/alive policy. Reads block on the socket
-(``get_message`` with a timeout only to wake up), so an idle channel costs nothing and the first
-event after a quiet minute arrives as fast as any other.
+Reconnects follow ``RedisConnection``'s die/alive policy. Pub/sub cannot replay: when a lost
+subscription is made again, every open stream gets a gap event (``Hub.announce_gap``). Reads
+block on the socket (``get_message`` with a timeout only to wake up), so an idle channel costs
+nothing and the first event after a quiet minute arrives as fast as any other.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class RedisSource:
             await asyncio.wait_for(pubsub.subscribe(*c.channels), timeout=c.timeout * 5)
             if cancel_requested():
                 raise asyncio.CancelledError
-            redis.connected("subscribed")
+            if redis.connected("subscribed"):
+                # Pub/sub kept nothing while we were away: say so on every open stream.
+                hub.announce_gap()
             publish = hub.publish_raw
             get_message = pubsub.get_message
             while True:

@@ -1,9 +1,9 @@
 """What both Redis sources share: clients, the reconnect loop with its die/alive policy, the probe.
 
-Connection lifecycle: ``listen`` connects and reads until the connection fails; then wait
-``retry_interval`` and do it again. ``max_retry`` consecutive failures either stop the server
-(``die``) or are logged and the count starts over (``alive``). A second, short-timeout client
-(the *probe*) answers ``/hc`` and the ``/debug`` publish without touching the reading one.
+Connection lifecycle: ``listen`` connects and reads until the connection fails; then the
+shared ``Reconnect`` policy retries (at once after a loss, then every ``retry_interval``; ``die``
+or ``alive`` after ``max_retry`` failures in a row). A second, short-timeout client (the
+*probe*) answers ``/hc`` and the ``/debug`` publish without touching the reading one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from plasma.config import RedisConfig
-from plasma.errors import SourceError, SourceGaveUp
 from plasma.metrics import Metrics
+from plasma.sources.reconnect import Reconnect, cancel_requested
 
 __all__ = ["PROBE_TIMEOUT", "RedisConnection", "cancel_requested", "quietly"]
 
@@ -37,8 +37,9 @@ class RedisConnection:
         self.config = config
         self.name = name
         self._metrics = metrics
-        self._log = log
-        self._failures = 0
+        self._reconnect = Reconnect(
+            config, metrics, name=name, address=self.address, log=log, errors=(RedisError,)
+        )
         self.probe = self.client(timeout=PROBE_TIMEOUT)
         """A short-timeout client for health checks and single commands."""
         self._closed = False
@@ -64,52 +65,15 @@ class RedisConnection:
         return f"{self.config.host}:{self.config.port}"
 
     async def run(self, listen: Callable[[], Awaitable[None]]) -> None:
-        """Call ``listen`` again after every connection failure; raise ``SourceGaveUp`` to stop."""
-        c = self.config
-        while True:
-            try:
-                await listen()
-            except (RedisError, OSError, SourceError) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self._metrics.source_up = 0
-                self._failures += 1
-                self._log.warning(
-                    "redis source connection failed; retrying",
-                    extra={
-                        "addr": self.address,
-                        "error": str(exc) or type(exc).__name__,
-                        "failures": self._failures,
-                        "retry_in_seconds": c.retry_interval,
-                    },
-                )
-                if self._failures >= c.max_retry:
-                    if c.over_max_retry == "die":
-                        raise SourceGaveUp(
-                            f"redis at {self.address} failed {self._failures} times in a row "
-                            f"(PLASMA_SUBSCRIBER_REDIS_MAX_RETRY={c.max_retry}, "
-                            "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR=die)"
-                        ) from exc
-                    self._log.error(
-                        "redis source still unreachable; keeping on retrying (alive)",
-                        extra={"addr": self.address, "failures": self._failures},
-                    )
-                    self._failures = 0
-                await asyncio.sleep(c.retry_interval)
+        """Call ``listen`` again after every connection failure (``Reconnect``'s policy)."""
+        await self._reconnect.run(listen)
 
-    def connected(self, what: str) -> None:
-        """A (re)connection succeeded: the retry budget starts over."""
-        if self._failures:
-            self._metrics.source_reconnects += 1
-        self._failures = 0
-        self._metrics.source_up = 1
-        self._log.info(
-            f"{self.name} source {what}",
-            extra={"addr": self.address, "channels": self.config.channels},
-        )
+    def connected(self, what: str) -> bool:
+        """A (re)connection succeeded; True when it replaces one that was lost."""
+        return self._reconnect.connected(what, channels=self.config.channels)
 
     def disconnected(self) -> None:
-        self._metrics.source_up = 0
+        self._reconnect.disconnected()
 
     async def healthy(self) -> bool:
         try:
@@ -128,17 +92,6 @@ class RedisConnection:
         self._closed = True
         self._metrics.source_up = 0
         await quietly(self.probe.aclose())
-
-
-def cancel_requested() -> bool:
-    """Whether this task was asked to stop, even if ``asyncio.wait_for`` ate the CancelledError.
-
-    Python 3.11's ``wait_for`` returns (or raises) the inner call's outcome when a cancellation
-    lands just as that call finishes (gh-86296, fixed in 3.12). A shutdown that cancelled the
-    source during a refused connect then left it retrying forever, and the server never exited.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 async def quietly(awaitable: object) -> None:
