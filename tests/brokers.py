@@ -329,7 +329,7 @@ class SentinelSetup:
 
     def master_port(self) -> int:
         with self._sentinel() as client:
-            host, port = client.sentinel_get_master_addr_by_name(self.name)
+            _, port = client.sentinel_get_master_addr_by_name(self.name)
         return int(port)
 
     def replicas(self) -> int:

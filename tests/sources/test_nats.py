@@ -184,9 +184,7 @@ async def test_jetstream_loses_nothing_when_nats_restarts(
             broker.kill()
             await async_wait_for(lambda: http(server.url + "/hc").status == 500, what="/hc 500")
             broker.start()  # same store directory: the stream survives
-            await publish(
-                broker.url, "keep.a", *(envelope("k", n) for n in (1, 2)), jetstream=True
-            )
+            await publish(broker.url, "keep.a", *(envelope("k", n) for n in (1, 2)), jetstream=True)
             got = [await stream.next_event() for _ in range(2)]
             assert [(e.event, e.json()["data"]) for e in got] == [(None, 1), (None, 2)]
             assert server.metrics()["source_gaps"] == 0

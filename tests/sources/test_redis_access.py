@@ -47,7 +47,7 @@ def numpat(server: RedisServer) -> int:
 async def test_a_channel_with_a_wildcard_is_a_pattern(
     redis_plasma: Callable[..., PlasmaProcess], redis_server: RedisServer
 ) -> None:
-    server = redis_plasma(PLASMA_SUBSCRIBER_REDIS_CHANNELS="news.*,plain,room[12]")
+    server = redis_plasma(PLASMA_SUBSCRIBER_REDIS_CHANNELS="plain,news.*,room[12]")
     await async_wait_for(lambda: numpat(redis_server) == 2, what="two PSUBSCRIBEs")
     stream = await SSEStream.open(server.url + "/", "t")
     try:

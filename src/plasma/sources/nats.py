@@ -89,4 +89,3 @@ class NatsSource:
 
     async def aclose(self) -> None:
         await self._nats.close()
-

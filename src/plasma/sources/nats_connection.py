@@ -102,7 +102,7 @@ class NatsConnection:
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0,
-                connect_timeout=c.timeout,  # type: ignore[arg-type]
+                connect_timeout=c.timeout,
                 dont_randomize=True,
                 disconnected_cb=gone,
                 closed_cb=gone,

@@ -181,7 +181,9 @@ class NatsJetStreamSource:
                 PROBE_TIMEOUT * 2,
             )
         except (NatsError, OSError, TimeoutError) as exc:
-            raise SourceError(f"cannot publish to jetstream at {self._nats.address}: {exc}") from exc
+            raise SourceError(
+                f"cannot publish to jetstream at {self._nats.address}: {exc}"
+            ) from exc
 
     async def aclose(self) -> None:
         await self._nats.close()

@@ -55,7 +55,7 @@ class Reconnect:
         self.address = address
         self._metrics = metrics
         self._log = log
-        self._errors = (OSError, SourceError, *errors)
+        self._errors: tuple[type[BaseException], ...] = (OSError, SourceError, *errors)
         self._failures = 0
         self._up = False
         self._ever_up = False

@@ -18,7 +18,14 @@ from redis.backoff import NoBackoff
 
 from plasma.config import RedisConfig
 
-__all__ = ["PATTERN_CHARS", "cluster_client", "describe", "is_pattern", "node_client", "server_client"]
+__all__ = [
+    "PATTERN_CHARS",
+    "cluster_client",
+    "describe",
+    "is_pattern",
+    "node_client",
+    "server_client",
+]
 
 PATTERN_CHARS = frozenset("*?[")
 """A channel entry holding one of these is a pattern (``PSUBSCRIBE``)."""
@@ -37,7 +44,9 @@ def describe(config: RedisConfig) -> str:
     return f"cluster {addrs}" if config.cluster else addrs
 
 
-def _connection_kwargs(config: RedisConfig, timeout: float | None, connect: float) -> dict[str, Any]:
+def _connection_kwargs(
+    config: RedisConfig, timeout: float | None, connect: float
+) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "username": config.username or None,
         "password": config.password or None,
@@ -67,8 +76,11 @@ def server_client(config: RedisConfig, timeout: float | None, connect: float) ->
             "socket_timeout": connect,
             "password": config.sentinel_password or None,
         }
-        sentinel = Sentinel(list(config.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs)
-        return sentinel.master_for(config.sentinel_master, db=config.db)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(config.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs
+        )
+        master: aioredis.Redis = sentinel.master_for(config.sentinel_master, db=config.db)
+        return master
     host, port = config.addrs[0]
     return node_client(config, host, port, timeout, connect)
 

@@ -45,7 +45,7 @@ async def listen_sharded(
         if node is None:
             raise SourceError(f"no cluster node serves the slot of channel {channel!r}")
         slot = key_slot(channel.encode())
-        by_node.setdefault((node.host, node.port), {}).setdefault(slot, []).append(channel)
+        by_node.setdefault((node.host, int(node.port)), {}).setdefault(slot, []).append(channel)
     pubsubs: list[aioredis.client.PubSub] = []
     clients: list[aioredis.Redis] = []
     try:
@@ -95,7 +95,6 @@ async def _read(
             raise SourceError(f"the cluster moved the slot of channel {channel!r}")
 
 
-
 async def read_streams(
     cluster: RedisCluster,
     positions: dict[str, str],
@@ -113,7 +112,9 @@ async def read_streams(
 
     async def read(stream: str) -> None:
         while True:
-            reply: Any = await cluster.xread({stream: positions[stream]}, count=count, block=block_ms)
+            reply: Any = await cluster.xread(
+                {stream: positions[stream]}, count=count, block=block_ms
+            )
             for _, entries in reply or ():
                 if entries:
                     positions[stream] = entries[-1][0].decode()

@@ -14,13 +14,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from plasma.config import RedisConfig
 from plasma.metrics import Metrics
 from plasma.sources.reconnect import Reconnect, cancel_requested
+from plasma.sources.redis_clients import cluster_client, describe, node_client, server_client
 
 __all__ = ["PROBE_TIMEOUT", "RedisConnection", "cancel_requested", "quietly"]
 
@@ -40,29 +40,30 @@ class RedisConnection:
         self._reconnect = Reconnect(
             config, metrics, name=name, address=self.address, log=log, errors=(RedisError,)
         )
-        self.probe = self.client(timeout=PROBE_TIMEOUT)
+        self.probe: aioredis.Redis | RedisCluster = (
+            self.cluster(PROBE_TIMEOUT) if config.cluster else self.client(PROBE_TIMEOUT)
+        )
         """A short-timeout client for health checks and single commands."""
         self._closed = False
 
     def client(self, timeout: float | None) -> aioredis.Redis:
-        """A new client; ``timeout`` None blocks on reads (the reading connection)."""
-        c = self.config
-        return aioredis.Redis(
-            host=c.host,
-            port=c.port,
-            password=c.password or None,
-            db=c.db,
-            socket_connect_timeout=min(c.timeout, PROBE_TIMEOUT) if timeout else c.timeout,
-            socket_timeout=timeout,
-            socket_keepalive=True,
-            retry_on_timeout=False,
-            # Reconnects are this module's job (die/alive policy, metrics), not redis-py's.
-            retry=Retry(NoBackoff(), 0),
-        )
+        """A new client of the server (or Sentinel's master); ``timeout`` None blocks on reads."""
+        return server_client(self.config, timeout, self._connect_timeout(timeout))
+
+    def node(self, host: str, port: int) -> aioredis.Redis:
+        """A new blocking-read client of one cluster node."""
+        return node_client(self.config, host, port, None, self.config.timeout)
+
+    def cluster(self, timeout: float | None) -> RedisCluster:
+        """A new Redis Cluster client: it learns the slot map from the seeds, follows MOVED."""
+        return cluster_client(self.config, timeout, self._connect_timeout(timeout))
+
+    def _connect_timeout(self, timeout: float | None) -> float:
+        return min(self.config.timeout, PROBE_TIMEOUT) if timeout else self.config.timeout
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return describe(self.config)
 
     async def run(self, listen: Callable[[], Awaitable[None]]) -> None:
         """Call ``listen`` again after every connection failure (``Reconnect``'s policy)."""
@@ -84,7 +85,8 @@ class RedisConnection:
 
     async def reset_probe(self) -> None:
         """After a failed or timed-out command the probe may be mid-reply: start afresh."""
-        await quietly(self.probe.connection_pool.disconnect())
+        if isinstance(self.probe, aioredis.Redis):  # a cluster client resets its own nodes
+            await quietly(self.probe.connection_pool.disconnect())
 
     async def aclose(self) -> None:
         if self._closed:
