@@ -199,3 +199,23 @@ def test_nats_needs_subjects(plasma: Callable[..., PlasmaProcess]) -> None:
     assert server.proc is not None
     assert server.proc.wait(15) == 2
     assert "PLASMA_SUBSCRIBER_NATS_SUBJECTS" in server.output()
+
+
+async def test_nats_credentials_are_used_and_never_logged(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    broker = NatsServer(user="plasma", password="s3cret").start()
+    try:
+        env = nats_env(broker, "nats", "auth", PLASMA_SUBSCRIBER_NATS_USER="plasma")
+        good = plasma(**env, PLASMA_SUBSCRIBER_NATS_PASSWORD="s3cret")
+        bad = plasma(**env, PLASMA_SUBSCRIBER_NATS_PASSWORD="wrong-one")
+        await healthy(good)
+        await async_wait_for(
+            lambda: any("failed" in line.get("msg", "") for line in bad.log_lines()),
+            what="the refused connect logged",
+        )
+        assert http(bad.url + "/hc").status == 500
+        assert "wrong-one" not in bad.output()
+        assert "s3cret" not in good.output()
+    finally:
+        broker.stop()
