@@ -52,10 +52,9 @@ def spublish(cluster: RedisClusterNodes, channel: str, message: bytes) -> int:
 
 
 def shard_subscribers(cluster: RedisClusterNodes, channel: str) -> int:
-    with cluster.client() as client:
-        node = client.get_node_from_key(channel)
-        reply = client.execute_command("PUBSUB SHARDNUMSUB", channel, target_nodes=node)
-        return int(reply[1]) if isinstance(reply, list) else int(dict(reply).get(channel, 0))
+    """``PUBSUB SHARDNUMSUB`` on the master that owns ``channel`` now."""
+    with cluster.node(cluster.master_of(channel)) as node:
+        return int(dict(node.pubsub_shardnumsub(channel)).get(channel.encode(), 0))
 
 
 async def test_sharded_pubsub_reads_every_master_and_follows_a_failover(
