@@ -219,3 +219,32 @@ async def test_nats_credentials_are_used_and_never_logged(
         assert "s3cret" not in good.output()
     finally:
         broker.stop()
+
+
+async def test_jetstream_resume_past_a_purge_is_a_gap(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    server = plasma(
+        **nats_env(
+            nats_server,
+            "nats-jetstream",
+            "purged.>",
+            PLASMA_SUBSCRIBER_NATS_STREAM="PURGED",
+            PLASMA_HISTORY_SIZE="0",  # every resume asks JetStream
+        )
+    )
+    await healthy(server)
+    seqs = await publish(
+        nats_server.url, "purged.a", *(envelope("p", n) for n in range(3)), jetstream=True
+    )
+    client = await nats.connect(nats_server.url)
+    try:
+        await client.jetstream().purge_stream("PURGED")
+    finally:
+        await client.close()
+    stream = await SSEStream.open(server.url + "/", "p", headers={"Last-Event-ID": str(seqs[0])})
+    try:
+        gap = await stream.next_event()
+        assert (gap.event, gap.json()["data"]["lastEventId"]) == ("gap", str(seqs[0]))
+    finally:
+        await stream.close()

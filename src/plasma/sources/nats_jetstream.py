@@ -115,8 +115,10 @@ class NatsJetStreamSource:
             state = (await js.stream_info(self._nats.config.stream)).state
             if after > state.last_seq:
                 return None  # an id from the future: another stream, or made up
-            if state.first_seq > after + 1 and state.messages:
-                return None  # the messages just after it were removed (limits or deletes)
+            if state.first_seq > after + 1:
+                return None  # the messages just after it were removed (limits, purge)
+            if state.num_deleted:
+                return None  # messages deleted one by one: the range may have holes
             if after == state.last_seq:
                 return []
             return await self._read(js, after + 1, state.last_seq)
