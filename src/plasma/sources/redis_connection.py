@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from plasma.config import RedisConfig
 from plasma.metrics import Metrics
@@ -38,7 +38,13 @@ class RedisConnection:
         self.name = name
         self._metrics = metrics
         self._reconnect = Reconnect(
-            config, metrics, name=name, address=self.address, log=log, errors=(RedisError,)
+            config,
+            metrics,
+            name=name,
+            address=self.address,
+            log=log,
+            # A cluster with no reachable seed raises RedisClusterException, not a RedisError.
+            errors=(RedisError, RedisClusterException),
         )
         self.probe: aioredis.Redis | RedisCluster = (
             self.cluster(PROBE_TIMEOUT) if config.cluster else self.client(PROBE_TIMEOUT)
