@@ -11,6 +11,7 @@ import pytest
 from plasma.config import (
     SETTINGS,
     Config,
+    RedisConfig,
     parse_bool,
     parse_duration,
     setting_default,
@@ -171,6 +172,74 @@ def test_values_are_read() -> None:
     assert (c.access_log.out, c.access_log.level) == ("/tmp/access.log", "error")
     assert c.metrics.type == "syslog"
     assert (c.metrics.syslog_severity, c.metrics.syslog_facility) == (7, 23)
+
+
+def test_redis_addresses_seeds_and_urls() -> None:
+    def redis(**env: str) -> RedisConfig:
+        base = {"PLASMA_SUBSCRIBER_TYPE": "redis", "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "a"}
+        return Config.from_env({**base, **env}).source.redis
+
+    seeds = redis(
+        PLASMA_SUBSCRIBER_REDIS_ADDR="n1:7000, n2:7001", PLASMA_SUBSCRIBER_REDIS_CLUSTER="1"
+    )
+    assert (seeds.addrs, seeds.cluster, seeds.sharded) == (
+        (("n1", 7000), ("n2", 7001)),
+        True,
+        True,
+    )
+    url = redis(
+        PLASMA_SUBSCRIBER_REDIS_ADDR="rediss://app:p%40ss@cache.example:6380/4",
+        PLASMA_SUBSCRIBER_REDIS_PASSWORD="not this one",
+    )
+    assert (url.host, url.port, url.db, url.tls) == ("cache.example", 6380, 4, True)
+    assert (url.username, url.password) == ("app", "p@ss")
+    assert "p@ss" not in repr(url)
+    plain = redis(
+        PLASMA_SUBSCRIBER_REDIS_ADDR="redis://h:1",
+        PLASMA_SUBSCRIBER_REDIS_USERNAME="u",
+        PLASMA_SUBSCRIBER_REDIS_TLS="true",
+        PLASMA_SUBSCRIBER_REDIS_DB="2",
+    )
+    assert (plain.username, plain.tls, plain.db) == ("u", True, 2)
+    sentinel = redis(PLASMA_SUBSCRIBER_REDIS_SENTINELS="s1:26379,s2:26379")
+    assert sentinel.sentinels == (("s1", 26379), ("s2", 26379))
+    assert sentinel.sentinel_master == "mymaster"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"PLASMA_SUBSCRIBER_REDIS_ADDR": "http://h:1"}, "PLASMA_SUBSCRIBER_REDIS_ADDR"),
+        ({"PLASMA_SUBSCRIBER_REDIS_ADDR": "h:1,nope"}, "PLASMA_SUBSCRIBER_REDIS_ADDR"),
+        ({"PLASMA_SUBSCRIBER_REDIS_SENTINELS": "s1"}, "PLASMA_SUBSCRIBER_REDIS_SENTINELS"),
+        (
+            {"PLASMA_SUBSCRIBER_REDIS_CLUSTER": "true", "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "n.*"},
+            "PLASMA_SUBSCRIBER_REDIS_CHANNELS",
+        ),
+        ({"PLASMA_SUBSCRIBER_TYPE": "nats"}, "PLASMA_SUBSCRIBER_NATS_SUBJECTS"),
+    ],
+)
+def test_bad_broker_settings_name_the_variable(env: dict[str, str], name: str) -> None:
+    base = {"PLASMA_SUBSCRIBER_TYPE": "redis", "PLASMA_SUBSCRIBER_REDIS_CHANNELS": "a"}
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({**base, **env})
+    assert info.value.name == name
+
+
+def test_nats_settings() -> None:
+    c = Config.from_env(
+        {
+            "PLASMA_SUBSCRIBER_TYPE": "nats-jetstream",
+            "PLASMA_SUBSCRIBER_NATS_URL": "nats://a:4222, nats://b:4222",
+            "PLASMA_SUBSCRIBER_NATS_SUBJECTS": "news.>,rooms.*",
+            "PLASMA_SUBSCRIBER_NATS_PASSWORD": "hunter2",
+            "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "2s",
+        }
+    )
+    n = c.source.nats
+    assert n.servers == ("nats://a:4222", "nats://b:4222")
+    assert (n.subjects, n.stream, n.retry_interval) == (("news.>", "rooms.*"), "PLASMA", 2.0)
+    assert "hunter2" not in repr(c)
 
 
 def test_password_is_hidden_from_repr() -> None:

@@ -84,6 +84,7 @@ async def test_redis_sigkill_under_load_then_restart(
         for n in range(100, 200):
             redis_server.publish("events", event("load", n))
         for s in streams:
+            assert (await s.next_event()).event == "gap", "the outage is announced"
             assert [(await s.next_event()).json()["data"]["n"] for _ in range(100)] == list(
                 range(100, 200)
             )

@@ -510,3 +510,31 @@ async def test_a_subscriber_that_leaves_during_its_replay_stays_unsubscribed() -
     hub.publish(event("a"))
     await settle()
     assert len(sub.received) == replayed
+
+
+async def test_announce_gap_reaches_every_stream_once_and_takes_an_id_of_its_own() -> None:
+    metrics = Metrics()
+    hub = Hub(metrics, history_size=10, epoch="e")
+    news, sport, both = FakeSubscriber("news"), FakeSubscriber("sport"), FakeSubscriber("both")
+    hub.subscribe(news, ("news",))
+    hub.subscribe(sport, ("sport",))
+    hub.subscribe(both, ("news", "sport"))
+    before = event("news")
+    hub.publish(before)
+    gap = hub.announce_gap()
+    after = event("news")
+    hub.publish(after)
+    await settle()
+    assert (before.id, gap.id, after.id) == ("e-1", "e-2", "e-3"), "the ids show the hole"
+    assert news.types == both.types == ["news", "plasma:gap", "news"]
+    assert sport.types == ["plasma:gap"]
+    assert gap.name == "gap"
+    assert b'"lastEventId":"e-1","resumeFrom":"e-2"' in gap.data
+    assert (metrics.source_gaps, metrics.gaps_sent) == (1, 3)
+
+    # A client that was away resumes through the gap: it learns of the loss too.
+    late = FakeSubscriber("late")
+    assert await hub.resume(late, ("sport",), before.id) is True
+    await settle()
+    assert late.types == ["plasma:gap"]
+    assert metrics.gaps_sent == 4

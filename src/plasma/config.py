@@ -16,6 +16,7 @@ import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import unquote
 
 from plasma.errors import ConfigError
 
@@ -28,6 +29,8 @@ __all__ = [
     "LimitsConfig",
     "LogConfig",
     "MetricsConfig",
+    "NatsConfig",
+    "RedisAddress",
     "RedisConfig",
     "SSEConfig",
     "Setting",
@@ -111,6 +114,47 @@ def _parse_addr(text: str) -> tuple[str, int]:
     if not 0 < port <= 65535:
         raise ValueError("bad port")
     return host.strip("[]") or "localhost", port
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """``PLASMA_SUBSCRIBER_REDIS_ADDR`` parsed: the addresses, and what a URL form carried."""
+
+    addrs: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    db: int | None = None
+
+
+def _parse_redis_addr(text: str) -> RedisAddress:
+    """``host:port``, a comma list (cluster seeds), or ``redis[s]://[user:pass@]host:port[/db]``."""
+    text = text.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return RedisAddress(tuple(_parse_addr(part) for part in _parse_list(text)) or _no_addr())
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"unknown scheme {scheme!r}")
+    credentials, at, location = rest.rpartition("@")
+    hosts, _, db_text = location.partition("/")
+    username, colon, password = credentials.partition(":")
+    if at and not colon:  # redis://password@host, as redis-cli reads it
+        username, password = "", credentials
+    return RedisAddress(
+        tuple(_parse_addr(part) for part in _parse_list(hosts)) or _no_addr(),
+        tls=scheme == "rediss",
+        username=unquote(username),
+        password=unquote(password),
+        db=_parse_int(db_text) if db_text else None,
+    )
+
+
+def _no_addr() -> tuple[tuple[str, int], ...]:
+    raise ValueError("no address")
+
+
+def _parse_addrs(text: str) -> tuple[tuple[str, int], ...]:
+    return tuple(_parse_addr(part) for part in _parse_list(text))
 
 
 def _parse_port(text: str) -> int:
@@ -238,16 +282,56 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _duration("PLASMA_SSE_HEARTBEAT", "10s", "interval of the `:heartbeat` comment"),
     _choice(
-        "PLASMA_SUBSCRIBER_TYPE", "mock", "`mock`, `redis` or `redis-stream`",
-        ("mock", "redis", "redis-stream"),
+        "PLASMA_SUBSCRIBER_TYPE", "mock",
+        "`mock`, `redis`, `redis-stream`, `nats` or `nats-jetstream`",
+        ("mock", "redis", "redis-stream", "nats", "nats-jetstream"),
     ),
     _duration("PLASMA_SUBSCRIBER_MOCK_INTERVAL", "1s", "mock source: interval between events"),
     Setting(
-        "PLASMA_SUBSCRIBER_REDIS_ADDR", "localhost:6379", "host:port", "Redis `host:port`",
-        _parse_addr, "host:port, e.g. localhost:6379",
+        "PLASMA_SUBSCRIBER_REDIS_ADDR", "localhost:6379", "address",
+        "Redis `host:port`; with `..._CLUSTER`, a comma list of seed nodes; or a URL "
+        "`redis://` / `rediss://` (TLS) `[user:password@]host:port[/db]`",
+        _parse_redis_addr,
+        "host:port (comma list for a cluster) or redis[s]://[user:password@]host:port[/db]",
     ),
+    _string("PLASMA_SUBSCRIBER_REDIS_USERNAME", "", "Redis ACL user; empty: the default user"),
     _string("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "", "Redis password", secret=True),
     _integer("PLASMA_SUBSCRIBER_REDIS_DB", "0", "Redis database", 0),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_TLS", "false", "bool",
+        "connect to Redis over TLS (a `rediss://` address turns it on too)",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    _string(
+        "PLASMA_SUBSCRIBER_REDIS_TLS_CA_FILE", "",
+        "PEM file of the CA that signed Redis's certificate; empty: the system's", kind="path",
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_CLUSTER", "false", "bool",
+        "Redis Cluster: `..._ADDR` lists seed nodes; plasma learns the slots and follows "
+        "`MOVED` and failovers",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_SHARDED", "true", "bool",
+        "in cluster mode, sharded pub/sub (`SSUBSCRIBE`; publishers `SPUBLISH`); `false`: "
+        "classic `SUBSCRIBE`",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_REDIS_SENTINELS", "", "list",
+        "Sentinel `host:port` list; set: the master comes from the sentinels, `..._ADDR` "
+        "is unused",
+        _parse_addrs, "a comma list of host:port",
+    ),
+    _string(
+        "PLASMA_SUBSCRIBER_REDIS_SENTINEL_MASTER", "mymaster",
+        "the master's name in the sentinels' configuration",
+    ),
+    _string(
+        "PLASMA_SUBSCRIBER_REDIS_SENTINEL_PASSWORD", "", "password of the sentinels themselves",
+        secret=True,
+    ),
     Setting(
         "PLASMA_SUBSCRIBER_REDIS_CHANNELS", "", "list",
         "channels (or streams), comma-separated; required for Redis", _parse_list,
@@ -261,6 +345,36 @@ SETTINGS: tuple[Setting, ...] = (
     _integer(
         "PLASMA_SUBSCRIBER_REDIS_MAX_RETRY", "5",
         "failed reconnects in a row before `die`/`alive` applies", 1,
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_NATS_URL", "nats://localhost:4222", "list",
+        "NATS server URLs, comma-separated (a cluster); `tls://` for TLS; "
+        "`nats://user:password@host:port` works",
+        _parse_list, "a comma list of NATS URLs",
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_NATS_SUBJECTS", "", "list",
+        "NATS subjects, comma-separated, wildcards (`*`, `>`) allowed; required for NATS",
+        _parse_list,
+    ),
+    _string(
+        "PLASMA_SUBSCRIBER_NATS_STREAM", "PLASMA",
+        "JetStream stream (`nats-jetstream`); created over the subjects when missing",
+    ),
+    _string("PLASMA_SUBSCRIBER_NATS_USER", "", "NATS user"),
+    _string("PLASMA_SUBSCRIBER_NATS_PASSWORD", "", "NATS password", secret=True),
+    _string("PLASMA_SUBSCRIBER_NATS_TOKEN", "", "NATS token", secret=True),
+    _string(
+        "PLASMA_SUBSCRIBER_NATS_CREDS_FILE", "", "NATS credentials file (JWT + NKey)",
+        kind="path",
+    ),
+    Setting(
+        "PLASMA_SUBSCRIBER_NATS_TLS", "false", "bool", "connect to NATS over TLS",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    _string(
+        "PLASMA_SUBSCRIBER_NATS_TLS_CA_FILE", "",
+        "PEM file of the CA that signed the NATS certificate; empty: the system's", kind="path",
     ),
     _integer(
         "PLASMA_HISTORY_SIZE", "10000", "events kept for resume; `0` disables history",
@@ -423,11 +537,51 @@ class SSEConfig:
 class RedisConfig:
     """The Redis source (pub/sub or streams). ``password`` never appears in ``repr``."""
 
-    host: str = _d("PLASMA_SUBSCRIBER_REDIS_ADDR")[0]
-    port: int = _d("PLASMA_SUBSCRIBER_REDIS_ADDR")[1]
+    host: str = _d("PLASMA_SUBSCRIBER_REDIS_ADDR").addrs[0][0]
+    port: int = _d("PLASMA_SUBSCRIBER_REDIS_ADDR").addrs[0][1]
+    seeds: tuple[tuple[str, int], ...] = ()
+    """Every address of ``..._ADDR`` (cluster seed nodes); empty: ``host:port`` alone."""
+    username: str = _d("PLASMA_SUBSCRIBER_REDIS_USERNAME")
     password: str = field(default=_d("PLASMA_SUBSCRIBER_REDIS_PASSWORD"), repr=False)
     db: int = _d("PLASMA_SUBSCRIBER_REDIS_DB")
+    tls: bool = _d("PLASMA_SUBSCRIBER_REDIS_TLS")
+    tls_ca_file: str = _d("PLASMA_SUBSCRIBER_REDIS_TLS_CA_FILE")
+    cluster: bool = _d("PLASMA_SUBSCRIBER_REDIS_CLUSTER")
+    sharded: bool = _d("PLASMA_SUBSCRIBER_REDIS_SHARDED")
+    sentinels: tuple[tuple[str, int], ...] = _d("PLASMA_SUBSCRIBER_REDIS_SENTINELS")
+    sentinel_master: str = _d("PLASMA_SUBSCRIBER_REDIS_SENTINEL_MASTER")
+    sentinel_password: str = field(
+        default=_d("PLASMA_SUBSCRIBER_REDIS_SENTINEL_PASSWORD"), repr=False
+    )
     channels: tuple[str, ...] = _d("PLASMA_SUBSCRIBER_REDIS_CHANNELS")
+    over_max_retry: Literal["die", "alive"] = _d("PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR")
+    timeout: float = _d("PLASMA_SUBSCRIBER_REDIS_TIMEOUT")
+    retry_interval: float = _d("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL")
+    max_retry: int = _d("PLASMA_SUBSCRIBER_REDIS_MAX_RETRY")
+
+    @property
+    def addrs(self) -> tuple[tuple[str, int], ...]:
+        """Where to connect: the seed list, or ``host:port``."""
+        return self.seeds or ((self.host, self.port),)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NatsConfig:
+    """The NATS sources (core and JetStream). Secrets never appear in ``repr``.
+
+    The retry settings are the Redis ones (``PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL`` and its
+    siblings): one reconnect policy for every broker.
+    """
+
+    servers: tuple[str, ...] = _d("PLASMA_SUBSCRIBER_NATS_URL")
+    subjects: tuple[str, ...] = _d("PLASMA_SUBSCRIBER_NATS_SUBJECTS")
+    stream: str = _d("PLASMA_SUBSCRIBER_NATS_STREAM")
+    user: str = _d("PLASMA_SUBSCRIBER_NATS_USER")
+    password: str = field(default=_d("PLASMA_SUBSCRIBER_NATS_PASSWORD"), repr=False)
+    token: str = field(default=_d("PLASMA_SUBSCRIBER_NATS_TOKEN"), repr=False)
+    creds_file: str = _d("PLASMA_SUBSCRIBER_NATS_CREDS_FILE")
+    tls: bool = _d("PLASMA_SUBSCRIBER_NATS_TLS")
+    tls_ca_file: str = _d("PLASMA_SUBSCRIBER_NATS_TLS_CA_FILE")
     over_max_retry: Literal["die", "alive"] = _d("PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR")
     timeout: float = _d("PLASMA_SUBSCRIBER_REDIS_TIMEOUT")
     retry_interval: float = _d("PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL")
@@ -436,11 +590,15 @@ class RedisConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourceConfig:
-    """Where events come from: ``type`` is ``mock``, ``redis`` or ``redis-stream``."""
+    """Where events come from: ``type`` is ``mock``, ``redis``, ``redis-stream``, ``nats`` or
+    ``nats-jetstream``."""
 
-    type: Literal["mock", "redis", "redis-stream"] = _d("PLASMA_SUBSCRIBER_TYPE")
+    type: Literal["mock", "redis", "redis-stream", "nats", "nats-jetstream"] = _d(
+        "PLASMA_SUBSCRIBER_TYPE"
+    )
     mock_interval: float = _d("PLASMA_SUBSCRIBER_MOCK_INTERVAL")
     redis: RedisConfig = field(default_factory=RedisConfig)
+    nats: NatsConfig = field(default_factory=NatsConfig)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -534,13 +692,31 @@ class Config:
     @classmethod
     def _build(cls, r: _Reader) -> Config:
         source_type = r["PLASMA_SUBSCRIBER_TYPE"]
-        host, port = r["PLASMA_SUBSCRIBER_REDIS_ADDR"]
+        address: RedisAddress = r["PLASMA_SUBSCRIBER_REDIS_ADDR"]
         channels = r["PLASMA_SUBSCRIBER_REDIS_CHANNELS"]
-        if source_type != "mock" and not channels:
+        if source_type.startswith("nats") and not r["PLASMA_SUBSCRIBER_NATS_SUBJECTS"]:
+            raise ConfigError(
+                "PLASMA_SUBSCRIBER_NATS_SUBJECTS",
+                r.raw("PLASMA_SUBSCRIBER_NATS_SUBJECTS"),
+                f"at least one subject when PLASMA_SUBSCRIBER_TYPE={source_type}",
+            )
+        if source_type.startswith("redis") and not channels:
             raise ConfigError(
                 "PLASMA_SUBSCRIBER_REDIS_CHANNELS",
                 r.raw("PLASMA_SUBSCRIBER_REDIS_CHANNELS"),
                 f"at least one channel (or stream) name when PLASMA_SUBSCRIBER_TYPE={source_type}",
+            )
+        if (
+            r["PLASMA_SUBSCRIBER_REDIS_CLUSTER"]
+            and r["PLASMA_SUBSCRIBER_REDIS_SHARDED"]
+            and source_type == "redis"
+            and any(not set("*?[").isdisjoint(channel) for channel in channels)
+        ):
+            raise ConfigError(
+                "PLASMA_SUBSCRIBER_REDIS_CHANNELS",
+                r.raw("PLASMA_SUBSCRIBER_REDIS_CHANNELS"),
+                "plain channel names: sharded pub/sub has no patterns "
+                "(set PLASMA_SUBSCRIBER_REDIS_SHARDED=false to use PSUBSCRIBE on a cluster)",
             )
         tls = TLSConfig(cert_file=r["PLASMA_TLS_CERT_FILE"], key_file=r["PLASMA_TLS_KEY_FILE"])
         if bool(tls.cert_file) != bool(tls.key_file):
@@ -561,11 +737,35 @@ class Config:
                 type=source_type,
                 mock_interval=r["PLASMA_SUBSCRIBER_MOCK_INTERVAL"],
                 redis=RedisConfig(
-                    host=host,
-                    port=port,
-                    password=r["PLASMA_SUBSCRIBER_REDIS_PASSWORD"],
-                    db=r["PLASMA_SUBSCRIBER_REDIS_DB"],
+                    host=address.addrs[0][0],
+                    port=address.addrs[0][1],
+                    seeds=address.addrs if len(address.addrs) > 1 else (),
+                    username=address.username or r["PLASMA_SUBSCRIBER_REDIS_USERNAME"],
+                    password=address.password or r["PLASMA_SUBSCRIBER_REDIS_PASSWORD"],
+                    db=r["PLASMA_SUBSCRIBER_REDIS_DB"] if address.db is None else address.db,
+                    tls=address.tls or r["PLASMA_SUBSCRIBER_REDIS_TLS"],
+                    tls_ca_file=r["PLASMA_SUBSCRIBER_REDIS_TLS_CA_FILE"],
+                    cluster=r["PLASMA_SUBSCRIBER_REDIS_CLUSTER"],
+                    sharded=r["PLASMA_SUBSCRIBER_REDIS_SHARDED"],
+                    sentinels=r["PLASMA_SUBSCRIBER_REDIS_SENTINELS"],
+                    sentinel_master=r["PLASMA_SUBSCRIBER_REDIS_SENTINEL_MASTER"],
+                    sentinel_password=r["PLASMA_SUBSCRIBER_REDIS_SENTINEL_PASSWORD"],
                     channels=channels,
+                    over_max_retry=r["PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR"],
+                    timeout=r["PLASMA_SUBSCRIBER_REDIS_TIMEOUT"],
+                    retry_interval=r["PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL"],
+                    max_retry=r["PLASMA_SUBSCRIBER_REDIS_MAX_RETRY"],
+                ),
+                nats=NatsConfig(
+                    servers=r["PLASMA_SUBSCRIBER_NATS_URL"],
+                    subjects=r["PLASMA_SUBSCRIBER_NATS_SUBJECTS"],
+                    stream=r["PLASMA_SUBSCRIBER_NATS_STREAM"],
+                    user=r["PLASMA_SUBSCRIBER_NATS_USER"],
+                    password=r["PLASMA_SUBSCRIBER_NATS_PASSWORD"],
+                    token=r["PLASMA_SUBSCRIBER_NATS_TOKEN"],
+                    creds_file=r["PLASMA_SUBSCRIBER_NATS_CREDS_FILE"],
+                    tls=r["PLASMA_SUBSCRIBER_NATS_TLS"],
+                    tls_ca_file=r["PLASMA_SUBSCRIBER_NATS_TLS_CA_FILE"],
                     over_max_retry=r["PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR"],
                     timeout=r["PLASMA_SUBSCRIBER_REDIS_TIMEOUT"],
                     retry_interval=r["PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL"],

@@ -199,21 +199,47 @@ class Hub:
     def _push_matching(self, subscriber: Subscriber, events: list[Event], wanted: set[str]) -> None:
         encoder = subscriber.encoder
         for event in events:
-            if event.type == GAP_TYPE or not wanted.isdisjoint(type_prefixes(event.type)):
-                # Event.encode caches per encoder: every client resuming through the same
-                # events shares one copy of their bytes.
-                target = subscriber.push(event.encode(encoder))
-                if target is not None:
-                    self.mark_dirty(target)
+            # Gaps go to everyone: the one made for this resume, and source outages replayed.
+            if event.type == GAP_TYPE:
+                self.metrics.gaps_sent += 1
+            elif wanted.isdisjoint(type_prefixes(event.type)):
+                continue
+            # Event.encode caches per encoder: every client resuming through the same events
+            # shares one copy of their bytes.
+            target = subscriber.push(event.encode(encoder))
+            if target is not None:
+                self.mark_dirty(target)
 
-    def _gap_event(self, requested: str) -> Event:
-        resume_from = self.last_id
+    def _gap_event(self, requested: str, resume_from: str | None = None) -> Event:
+        resume_from = resume_from or self.last_id
         event = Event(
             GAP_TYPE,
             orjson.dumps({"lastEventId": requested, "resumeFrom": resume_from}),
             name="gap",
         )
         event.id = resume_from
+        return event
+
+    def announce_gap(self) -> Event:
+        """Tell every open stream that events were lost (a pub/sub subscription was re-made).
+
+        The gap takes the next id of its own, so ids show the hole, and goes into the history:
+        a client that was away resumes through it and learns of the loss too. Rare (once per
+        broker outage), so it walks every subscriber rather than the index.
+        """
+        self._seq += 1
+        event = self._gap_event(self.last_id, f"{self.epoch}-{self._seq}")
+        self.history.append(event)
+        for tap in self._taps:
+            tap.append(event)
+        for subscriber in self._types:
+            target = subscriber.push(event.encode(subscriber.encoder))
+            if target is not None:
+                self._dirty.append(target)
+        if self._dirty and not self._flush_scheduled:
+            self._schedule_flush()
+        self.metrics.source_gaps += 1
+        self.metrics.gaps_sent += len(self._types)
         return event
 
     def unsubscribe(self, subscriber: Subscriber) -> None:

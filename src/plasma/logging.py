@@ -119,6 +119,8 @@ def configure_logging(error_log: LogConfig, access_log: LogConfig) -> None:
     access.propagate = False
     for noisy in ("aiohttp", "asyncio", "hpack", "h2"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # nats-py logs every lost connection with a traceback; the NATS sources log it once, plainly.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
     lib = logging.getLogger()
     if not lib.handlers:
         lib.addHandler(_handler(error_log, "PLASMA_ERROR_LOG_OUT"))

@@ -96,6 +96,10 @@ class Metrics:
         self.source_changed: Callable[[], None] | None = None
         """Called when ``source_up`` changes: the health monitor probes at once."""
         self.source_reconnects = 0
+        self.source_gaps = 0
+        """Times the source announced lost events (a pub/sub subscription was re-made)."""
+        self.gaps_sent = 0
+        """Gap events sent to clients: after a source gap, and on resumes that lost events."""
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.runtime = RuntimeStats()
@@ -169,6 +173,8 @@ class Metrics:
             clients_dropped_by_reason=dict(self.clients_dropped),
             source_up=self.source_up,
             source_reconnects=self.source_reconnects,
+            source_gaps=self.source_gaps,
+            gaps_sent=self.gaps_sent,
             event_fanout_seconds=self.fanout.snapshot(),
             event_write_latency_seconds=self.latency.snapshot(),
             started=self.started,

@@ -132,6 +132,7 @@ async def test_events_after_a_redis_restart_arrive(
                 lambda: restarted.numsub("events") > 0, timeout=15, what="plasma to resubscribe"
             )
             restarted.publish("events", {"meta": {"type": "r:2"}, "data": "after"})
+            assert (await stream.next_event()).event == "gap", "the outage is announced"
             assert (await stream.next_event()).json()["data"] == "after"
         finally:
             restarted.stop()

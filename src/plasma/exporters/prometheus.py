@@ -172,6 +172,15 @@ class SnapshotCollector(Collector):
         yield _counter(
             "plasma_source_reconnects", "Reconnects of the event source.", s, "source_reconnects"
         )
+        yield _counter(
+            "plasma_source_gaps",
+            "Times the source announced lost events (a pub/sub subscription was re-made).",
+            s,
+            "source_gaps",
+        )
+        yield _counter(
+            "plasma_gaps_sent", "Gap events sent to clients (events they lost).", s, "gaps_sent"
+        )
         yield _histogram(
             "plasma_event_fanout_seconds",
             "Time to fan one event out to its subscribers.",

@@ -1,8 +1,13 @@
 """The Redis pub/sub source: subscribe to the configured channels and feed every message to the hub.
 
-Reconnects follow ``RedisConnection``'s die/alive policy. Reads block on the socket
-(``get_message`` with a timeout only to wake up), so an idle channel costs nothing and the first
-event after a quiet minute arrives as fast as any other.
+A channel entry holding ``*``, ``?`` or ``[`` is a pattern (``PSUBSCRIBE``). On a Redis Cluster
+the channels are read with sharded pub/sub (``redis_cluster.listen_sharded``) unless
+``PLASMA_SUBSCRIBER_REDIS_SHARDED=false``, which subscribes classically on any one node.
+
+Reconnects follow ``RedisConnection``'s die/alive policy. Pub/sub cannot replay: when a lost
+subscription is made again, every open stream gets a gap event (``Hub.announce_gap``). Reads
+block on the socket (``get_message`` with a timeout only to wake up), so an idle channel costs
+nothing and the first event after a quiet minute arrives as fast as any other.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from plasma.config import RedisConfig
 from plasma.errors import SourceError
 from plasma.metrics import Metrics
+from plasma.sources.redis_clients import is_pattern
+from plasma.sources.redis_cluster import listen_sharded
 from plasma.sources.redis_connection import (
     PROBE_TIMEOUT,
     RedisConnection,
@@ -45,20 +53,30 @@ class RedisSource:
     async def _listen(self, hub: Hub) -> None:
         redis = self._redis
         c = redis.config
-        client = redis.client(timeout=None)
+        if c.cluster and c.sharded:
+            await self._listen_sharded(hub)
+            return
+        # Classic PUBLISH reaches every node of a cluster: any one of them will do.
+        client = await self._any_node() if c.cluster else redis.client(timeout=None)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
+        plain = [channel for channel in c.channels if not is_pattern(channel)]
+        patterns = [channel for channel in c.channels if is_pattern(channel)]
         try:
-            await asyncio.wait_for(pubsub.subscribe(*c.channels), timeout=c.timeout * 5)
+            if plain:
+                await asyncio.wait_for(pubsub.subscribe(*plain), timeout=c.timeout * 5)
+            if patterns:
+                await asyncio.wait_for(pubsub.psubscribe(*patterns), timeout=c.timeout * 5)
             if cancel_requested():
                 raise asyncio.CancelledError
-            redis.connected("subscribed")
+            self._subscribed(hub, "subscribed")
             publish = hub.publish_raw
             get_message = pubsub.get_message
             while True:
                 message = await get_message(ignore_subscribe_messages=True, timeout=c.timeout)
                 if message is None:
                     continue
-                if message["type"] == "message":
+                kind = message["type"]
+                if kind == "message" or kind == "pmessage":
                     channel = message["channel"]
                     publish(message["data"], channel.decode("utf-8", "replace"))
         except TimeoutError as exc:
@@ -68,14 +86,53 @@ class RedisSource:
             await quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
             await quietly(client.aclose())
 
+    async def _listen_sharded(self, hub: Hub) -> None:
+        redis = self._redis
+        cluster = redis.cluster(timeout=None)
+        try:
+            await listen_sharded(
+                cluster,
+                redis.config.channels,
+                hub.publish_raw,
+                lambda: self._subscribed(hub, "subscribed (sharded)"),
+                node_client=redis.node,
+                timeout=redis.config.timeout,
+            )
+        finally:
+            redis.disconnected()
+            await quietly(cluster.aclose())
+
+    def _subscribed(self, hub: Hub, what: str) -> None:
+        if self._redis.connected(what):
+            # Pub/sub kept nothing while we were away: say so on every open stream.
+            hub.announce_gap()
+
+    async def _any_node(self) -> aioredis.Redis:
+        """A client of the first cluster node that answers (seeds in order)."""
+        redis = self._redis
+        for host, port in redis.config.addrs:
+            client = redis.node(host, port)
+            try:
+                await asyncio.wait_for(client.ping(), redis.config.timeout)
+            except (RedisError, OSError, TimeoutError):
+                await quietly(client.aclose())
+                continue
+            return client
+        raise SourceError(f"no node of the redis {redis.address} answered")
+
     async def healthy(self) -> bool:
         return await self._redis.healthy()
 
     async def publish(self, raw: bytes) -> None:
         redis = self._redis
+        c = redis.config
+        channel = next((ch for ch in c.channels if not is_pattern(ch)), None)
+        if channel is None:
+            raise SourceError("every channel in PLASMA_SUBSCRIBER_REDIS_CHANNELS is a pattern")
+        command = "SPUBLISH" if c.cluster and c.sharded else "PUBLISH"
         try:
             await asyncio.wait_for(
-                redis.probe.publish(redis.config.channels[0], raw), PROBE_TIMEOUT
+                redis.probe.execute_command(command, channel, raw), PROBE_TIMEOUT
             )
         except (RedisError, OSError, TimeoutError) as exc:
             await redis.reset_probe()

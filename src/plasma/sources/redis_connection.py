@@ -1,10 +1,9 @@
 """What both Redis sources share: clients, the reconnect loop with its die/alive policy, the probe.
 
-Connection lifecycle: ``listen`` connects and reads until the connection fails; then wait
-``retry_interval`` and do it again. ``max_retry`` consecutive failures either stop the server
-(``die``) or are logged and the count starts over (``alive``). A second, short-timeout client
-(the *probe*) answers the health monitor and the ``/debug`` publish without touching the
-reading one.
+Connection lifecycle: ``listen`` connects and reads until the connection fails; then the
+shared ``Reconnect`` policy retries (at once after a loss, then every ``retry_interval``; ``die``
+or ``alive`` after ``max_retry`` failures in a row). A second, short-timeout client (the
+*probe*) answers the health monitor and the ``/debug`` publish without touching the reading one.
 
 Every client speaks RESP2, which every Redis understands: redis-py 8 opens with ``HELLO 3`` by
 default, and a Redis older than 6 answers that with an error, so plasma could not subscribe at
@@ -20,17 +19,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import redis.asyncio as aioredis
-from redis._parsers import BaseParser, _AsyncRESP2Parser  # redis-py's own parser, in Python
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis._parsers import _AsyncRESP2Parser  # redis-py's own parser, in Python
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from plasma.config import RedisConfig
-from plasma.errors import SourceError, SourceGaveUp
 from plasma.metrics import Metrics
+from plasma.sources.reconnect import Reconnect, cancel_requested
+from plasma.sources.redis_clients import cluster_client, describe, node_client, server_client
 
 __all__ = ["PROBE_TIMEOUT", "RedisConnection", "cancel_requested", "quietly"]
 
@@ -47,87 +45,55 @@ class RedisConnection:
         self.config = config
         self.name = name
         self._metrics = metrics
-        self._log = log
-        self._failures = 0
-        self.probe = self.client(timeout=PROBE_TIMEOUT, parser_class=_AsyncRESP2Parser)
+        self._reconnect = Reconnect(
+            config,
+            metrics,
+            name=name,
+            address=self.address,
+            log=log,
+            # A cluster with no reachable seed raises RedisClusterException, not a RedisError.
+            errors=(RedisError, RedisClusterException),
+        )
+        # The probe parses in Python (see above); a cluster client keeps redis-py's default.
+        self.probe: aioredis.Redis | RedisCluster = (
+            self.cluster(PROBE_TIMEOUT)
+            if config.cluster
+            else server_client(
+                config, PROBE_TIMEOUT, self._connect_timeout(PROBE_TIMEOUT), _AsyncRESP2Parser
+            )
+        )
         """A short-timeout client for health checks and single commands."""
         self._closed = False
 
-    def client(
-        self, timeout: float | None, parser_class: type[BaseParser] | None = None
-    ) -> aioredis.Redis:
-        """A new client; ``timeout`` None blocks on reads (the reading connection)."""
-        c = self.config
-        settings: dict[str, Any] = {
-            "host": c.host,
-            "port": c.port,
-            "password": c.password or None,
-            "db": c.db,
-            "socket_connect_timeout": min(c.timeout, PROBE_TIMEOUT) if timeout else c.timeout,
-            "socket_timeout": timeout,
-            "socket_keepalive": True,
-            "retry_on_timeout": False,
-            # Reconnects are this module's job (die/alive policy, metrics), not redis-py's.
-            "retry": Retry(NoBackoff(), 0),
-            "protocol": 2,
-        }
-        if parser_class is None:
-            return aioredis.Redis(**settings)
-        # The parser is a connection setting; the client owns (and closes) this pool.
-        pool = aioredis.ConnectionPool(parser_class=parser_class, **settings)
-        return aioredis.Redis.from_pool(pool)
+    def client(self, timeout: float | None) -> aioredis.Redis:
+        """A new client of the server (or Sentinel's master); ``timeout`` None blocks on reads."""
+        return server_client(self.config, timeout, self._connect_timeout(timeout))
+
+    def node(self, host: str, port: int) -> aioredis.Redis:
+        """A new blocking-read client of one cluster node."""
+        return node_client(self.config, host, port, None, self.config.timeout)
+
+    def cluster(self, timeout: float | None) -> RedisCluster:
+        """A new Redis Cluster client: it learns the slot map from the seeds, follows MOVED."""
+        return cluster_client(self.config, timeout, self._connect_timeout(timeout))
+
+    def _connect_timeout(self, timeout: float | None) -> float:
+        return min(self.config.timeout, PROBE_TIMEOUT) if timeout else self.config.timeout
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        return describe(self.config)
 
     async def run(self, listen: Callable[[], Awaitable[None]]) -> None:
-        """Call ``listen`` again after every connection failure; raise ``SourceGaveUp`` to stop."""
-        c = self.config
-        while True:
-            try:
-                await listen()
-            except (RedisError, OSError, SourceError) as exc:
-                if cancel_requested():
-                    raise asyncio.CancelledError from exc
-                self._metrics.source_up = 0
-                self._failures += 1
-                self._log.warning(
-                    "redis source connection failed; retrying",
-                    extra={
-                        "addr": self.address,
-                        "error": str(exc) or type(exc).__name__,
-                        "failures": self._failures,
-                        "retry_in_seconds": c.retry_interval,
-                    },
-                )
-                if self._failures >= c.max_retry:
-                    if c.over_max_retry == "die":
-                        raise SourceGaveUp(
-                            f"redis at {self.address} failed {self._failures} times in a row "
-                            f"(PLASMA_SUBSCRIBER_REDIS_MAX_RETRY={c.max_retry}, "
-                            "PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR=die)"
-                        ) from exc
-                    self._log.error(
-                        "redis source still unreachable; keeping on retrying (alive)",
-                        extra={"addr": self.address, "failures": self._failures},
-                    )
-                    self._failures = 0
-                await asyncio.sleep(c.retry_interval)
+        """Call ``listen`` again after every connection failure (``Reconnect``'s policy)."""
+        await self._reconnect.run(listen)
 
-    def connected(self, what: str) -> None:
-        """A (re)connection succeeded: the retry budget starts over."""
-        if self._failures:
-            self._metrics.source_reconnects += 1
-        self._failures = 0
-        self._metrics.source_up = 1
-        self._log.info(
-            f"{self.name} source {what}",
-            extra={"addr": self.address, "channels": self.config.channels},
-        )
+    def connected(self, what: str) -> bool:
+        """A (re)connection succeeded; True when it replaces one that was lost."""
+        return self._reconnect.connected(what, channels=self.config.channels)
 
     def disconnected(self) -> None:
-        self._metrics.source_up = 0
+        self._reconnect.disconnected()
 
     async def healthy(self) -> bool:
         try:
@@ -138,7 +104,8 @@ class RedisConnection:
 
     async def reset_probe(self) -> None:
         """After a failed or timed-out command the probe may be mid-reply: start afresh."""
-        await quietly(self.probe.connection_pool.disconnect())
+        if isinstance(self.probe, aioredis.Redis):  # a cluster client resets its own nodes
+            await quietly(self.probe.connection_pool.disconnect())
 
     async def aclose(self) -> None:
         if self._closed:
@@ -146,17 +113,6 @@ class RedisConnection:
         self._closed = True
         self._metrics.source_up = 0
         await quietly(self.probe.aclose())
-
-
-def cancel_requested() -> bool:
-    """Whether this task was asked to stop, even if ``asyncio.wait_for`` ate the CancelledError.
-
-    Python 3.11's ``wait_for`` returns (or raises) the inner call's outcome when a cancellation
-    lands just as that call finishes (gh-86296, fixed in 3.12). A shutdown that cancelled the
-    source during a refused connect then left it retrying forever, and the server never exited.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 async def quietly(awaitable: object) -> None:

@@ -8,6 +8,9 @@ node and worker sees the same ids, so a client may reconnect anywhere.
 Publishers add one field per entry holding the event JSON, named ``event``
 (``XADD mystream * event '{"meta":{"type":"a:b"},"data":1}'``); an entry with a single field of
 another name is read the same way.
+
+On a Redis Cluster (``PLASMA_SUBSCRIBER_REDIS_CLUSTER=true``) each stream is read and replayed
+on its own slot's master; events keep their order per stream.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from plasma.config import RedisConfig
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import Event, parse_event
 from plasma.metrics import Metrics
+from plasma.sources.redis_cluster import read_streams
 from plasma.sources.redis_connection import PROBE_TIMEOUT, RedisConnection, quietly
 
 if TYPE_CHECKING:
@@ -58,6 +62,12 @@ def _payload(fields: dict[bytes, bytes]) -> bytes | None:
     return value
 
 
+def _publish_entries(hub: Hub, stream: str, entries: list[Any]) -> None:
+    for entry_id, fields in entries:
+        payload = _payload(fields)
+        hub.publish_raw(payload if payload is not None else b"", stream, entry_id.decode())
+
+
 class RedisStreamSource:
     """Reads ``config.channels`` as stream keys, from where it started, across reconnects."""
 
@@ -79,7 +89,7 @@ class RedisStreamSource:
     async def _listen(self, hub: Hub) -> None:
         redis = self._redis
         c = redis.config
-        client = redis.client(timeout=None)
+        client: Any = redis.cluster(timeout=None) if c.cluster else redis.client(timeout=None)
         try:
             if self._positions is None:
                 self._positions = await asyncio.wait_for(self._tails(client), c.timeout * 5)
@@ -88,9 +98,18 @@ class RedisStreamSource:
             redis.connected("reading")
             positions = self._positions
             block_ms = max(1, int(c.timeout * 1000))
+            if c.cluster:
+                # Streams in different slots cannot share one XREAD: one reader per stream.
+                await read_streams(
+                    client,
+                    positions,
+                    lambda stream, entries: _publish_entries(hub, stream, entries),
+                    count=_READ_COUNT,
+                    block_ms=block_ms,
+                )
             while True:
                 reply: Any = await client.xread(
-                    positions,  # type: ignore[arg-type]
+                    positions,
                     count=_READ_COUNT,
                     block=block_ms,
                 )

@@ -1,0 +1,151 @@
+"""What both NATS sources share: connection options, the reconnect loop, the health probe.
+
+plasma turns nats-py's own reconnection off and reconnects itself, as it does for Redis: one
+policy for every broker (``Reconnect``: an immediate retry after a loss, then
+``PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL``, ``die``/``alive`` after ``..._MAX_RETRY``), and a
+lost connection is an event the source sees, so a live (core NATS) source can announce the gap.
+Several URLs (a NATS cluster) are tried in order on every connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.errors import Error as NatsError
+from nats.errors import NoServersError
+
+from plasma.config import NatsConfig
+from plasma.errors import SourceError
+from plasma.metrics import Metrics
+from plasma.sources.reconnect import Reconnect
+
+__all__ = ["PROBE_TIMEOUT", "NatsConnection", "NatsError", "debug_subject", "is_wildcard"]
+
+PROBE_TIMEOUT = 0.8
+"""/hc must answer within a second even when the broker hangs."""
+
+
+def is_wildcard(subject: str) -> bool:
+    """Whether a NATS subject names many subjects (a ``*`` or ``>`` token)."""
+    return any(token in ("*", ">") for token in subject.split("."))
+
+
+def debug_subject(subjects: tuple[str, ...]) -> str:
+    """The first subject without wildcards: where the /debug page publishes."""
+    for subject in subjects:
+        if not is_wildcard(subject):
+            return subject
+    raise SourceError("every subject in PLASMA_SUBSCRIBER_NATS_SUBJECTS is a wildcard")
+
+
+class NatsConnection:
+    """One source's link to NATS; ``client`` is the connection while it is up."""
+
+    def __init__(
+        self, config: NatsConfig, metrics: Metrics, *, name: str, log: logging.Logger
+    ) -> None:
+        self.config = config
+        self.client: NATS | None = None
+        self._lost = asyncio.Event()
+        self._error = ""
+        self.reconnect = Reconnect(
+            config,
+            metrics,
+            name=name,
+            address=self.address,
+            log=log,
+            errors=(NatsError, TimeoutError),
+        )
+
+    @property
+    def address(self) -> str:
+        """The server URLs without credentials, for log lines and errors."""
+        return ",".join(_without_credentials(url) for url in self.config.servers)
+
+    async def connect(self, on_error: Callable[[Exception], Awaitable[None]] | None = None) -> NATS:
+        """Connect to the first server that answers (each is tried twice, at once)."""
+        c = self.config
+        lost = self._lost = asyncio.Event()
+        self._error = ""
+
+        async def gone() -> None:
+            lost.set()
+
+        async def error(exc: Exception) -> None:
+            # Kept for the reconnect loop's log line, which says what went wrong.
+            self._error = str(exc) or type(exc).__name__
+            if on_error is not None:
+                await on_error(exc)
+
+        options: dict[str, Any] = {}
+        if c.user:
+            options["user"] = c.user
+            options["password"] = c.password
+        if c.token:
+            options["token"] = c.token
+        if c.creds_file:
+            options["user_credentials"] = c.creds_file
+        if c.tls or c.tls_ca_file or any(url.startswith("tls://") for url in c.servers):
+            options["tls"] = ssl.create_default_context(cafile=c.tls_ca_file or None)
+        try:
+            client = await nats.connect(
+                servers=list(c.servers),
+                name="plasma",
+                # Reconnects are Reconnect's job (one policy for every broker), not nats-py's.
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                connect_timeout=c.timeout,
+                dont_randomize=True,
+                disconnected_cb=gone,
+                closed_cb=gone,
+                error_cb=error,
+                **options,
+            )
+        except NoServersError as exc:
+            raise SourceError(f"no nats server answered: {self._error}") from exc
+        self.client = client
+        return client
+
+    async def until_lost(self) -> None:
+        """Wait until the connection goes, then raise ``SourceError`` for the reconnect loop."""
+        await self._lost.wait()
+        raise SourceError(f"connection lost: {self._error or 'closed'}")
+
+    async def close(self) -> None:
+        """Close the connection quietly; the next ``connect`` starts afresh."""
+        client, self.client = self.client, None
+        self.reconnect.disconnected()
+        if client is not None and not client.is_closed:
+            with contextlib.suppress(NatsError, OSError, TimeoutError, RuntimeError):
+                await asyncio.wait_for(client.close(), 1.0)
+
+    async def healthy(self) -> bool:
+        """A PING/PONG round trip on the live connection."""
+        client = self.client
+        if client is None or not client.is_connected:
+            return False
+        try:
+            await client.flush(timeout=PROBE_TIMEOUT)  # type: ignore[arg-type]
+        except (NatsError, OSError, TimeoutError):
+            return False
+        return True
+
+    def require(self) -> NATS:
+        """The live connection, or ``SourceError`` (for the /debug publish)."""
+        client = self.client
+        if client is None or not client.is_connected:
+            raise SourceError(f"not connected to nats at {self.address}")
+        return client
+
+
+def _without_credentials(url: str) -> str:
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"

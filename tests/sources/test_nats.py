@@ -1,0 +1,250 @@
+"""The NATS sources against a real ``nats-server -js``: core subjects and JetStream.
+
+Publishers here are nats-py clients sending the JSON envelope as the message body, as any
+application would. Core NATS is live like Redis pub/sub (a lost connection is announced with a
+gap); with JetStream the stream sequence is the event id, so a client resumes on any plasma
+process, after restarts, from JetStream when the in-memory history no longer holds its id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import nats
+import orjson
+import pytest
+
+from tests.brokers import NatsServer
+from tests.support import PlasmaProcess, SSEStream, async_wait_for, http
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def nats_server() -> Iterator[NatsServer]:
+    server = NatsServer(jetstream=True).start()
+    yield server
+    server.stop()
+
+
+def envelope(type: str, data: Any) -> bytes:
+    return orjson.dumps({"meta": {"type": type}, "data": data})
+
+
+async def publish(url: str, subject: str, *events: bytes, jetstream: bool = False) -> list[int]:
+    """Publish ``events`` in order; with ``jetstream``, return their stream sequences."""
+    client = await nats.connect(url)
+    try:
+        if jetstream:
+            js = client.jetstream()
+            return [(await js.publish(subject, e)).seq for e in events]
+        for e in events:
+            await client.publish(subject, e)
+        await client.flush()
+        return []
+    finally:
+        await client.close()
+
+
+def nats_env(server: NatsServer, kind: str, subjects: str, **env: str) -> dict[str, str]:
+    return {
+        "PLASMA_SUBSCRIBER_TYPE": kind,
+        "PLASMA_SUBSCRIBER_NATS_URL": server.url,
+        "PLASMA_SUBSCRIBER_NATS_SUBJECTS": subjects,
+        "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
+        **env,
+    }
+
+
+async def healthy(server: PlasmaProcess) -> None:
+    await async_wait_for(lambda: http(server.url + "/hc").status == 200, what="/hc 200")
+
+
+# --- core NATS -------------------------------------------------------------------------------
+
+
+async def test_core_subjects_with_wildcards_reach_sse(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    server = plasma(**nats_env(nats_server, "nats", "core.news.*,core.rooms.>"))
+    await healthy(server)
+    stream = await SSEStream.open(server.url + "/", "t")
+    try:
+        await stream.wait_retry()
+        await publish(nats_server.url, "core.news.sport", envelope("t", 1))
+        await publish(nats_server.url, "core.rooms.a.b", envelope("t", 2))
+        await publish(nats_server.url, "core.other", envelope("t", 3))
+        await publish(nats_server.url, "core.news.x", envelope("t", 4))
+        assert [(await stream.next_event()).json()["data"] for _ in range(3)] == [1, 2, 4]
+    finally:
+        await stream.close()
+
+
+async def test_core_restart_of_nats_sends_a_gap_and_hc_follows(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    broker = NatsServer().start()  # its own server: this test kills it
+    try:
+        server = plasma(**nats_env(broker, "nats", "live"))
+        await healthy(server)
+        stream = await SSEStream.open(server.url + "/", "t")
+        try:
+            await stream.wait_retry()
+            await publish(broker.url, "live", envelope("t", "before"))
+            before = await stream.next_event()
+            broker.kill()
+            await async_wait_for(lambda: http(server.url + "/hc").status == 500, what="/hc 500")
+            broker.start()
+            await healthy(server)
+            gap = await stream.next_event()
+            assert gap.event == "gap"
+            assert gap.json()["data"] == {"lastEventId": before.id, "resumeFrom": gap.id}
+            await publish(broker.url, "live", envelope("t", "after"))
+            after = await stream.next_event()
+            assert after.json()["data"] == "after"
+            assert server.metrics()["source_gaps"] == 1
+        finally:
+            await stream.close()
+    finally:
+        broker.stop()
+
+
+# --- JetStream -------------------------------------------------------------------------------
+
+
+async def test_jetstream_ids_are_sequences_and_resume_across_restarts_and_nodes(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    env = nats_env(
+        nats_server,
+        "nats-jetstream",
+        "js.events.>",
+        PLASMA_SUBSCRIBER_NATS_STREAM="EVENTS",
+        PLASMA_HISTORY_SIZE="3",
+    )
+    first = plasma(**env)
+    await healthy(first)  # the stream exists now: plasma created it over the subjects
+    stream = await SSEStream.open(first.url + "/", "j")
+    try:
+        await stream.wait_retry()
+        seqs = await publish(
+            nats_server.url,
+            "js.events.a",
+            *(envelope("j", n) for n in range(5)),
+            jetstream=True,
+        )
+        got = [await stream.next_event() for _ in range(5)]
+        assert [e.id for e in got] == [str(s) for s in seqs]
+        assert [e.json()["data"] for e in got] == list(range(5))
+    finally:
+        await stream.close()
+
+    # Older than the history (3 events): read back from JetStream, no gap, no duplicate.
+    resumed = await SSEStream.open(first.url + "/", "j", headers={"Last-Event-ID": got[0].id})
+    try:
+        replay = [await resumed.next_event() for _ in range(4)]
+        assert [(e.event, e.id) for e in replay] == [(None, g.id) for g in got[1:]]
+    finally:
+        await resumed.close()
+
+    # Another node, and the first one restarted: the same ids mean the same events.
+    first.stop()
+    second = plasma(**env)
+    await healthy(second)
+    more = await publish(nats_server.url, "js.events.b", envelope("j", 5), jetstream=True)
+    elsewhere = await SSEStream.open(second.url + "/", "j", headers={"Last-Event-ID": got[2].id})
+    try:
+        replay = [await elsewhere.next_event() for _ in range(3)]
+        assert [e.id for e in replay] == [got[3].id, got[4].id, str(more[0])]
+        assert [e.json()["data"] for e in replay] == [3, 4, 5]
+    finally:
+        await elsewhere.close()
+
+    # An id JetStream never gave: an honest gap.
+    future = await SSEStream.open(second.url + "/", "j", headers={"Last-Event-ID": "999999"})
+    try:
+        assert (await future.next_event()).event == "gap"
+    finally:
+        await future.close()
+
+
+async def test_jetstream_loses_nothing_when_nats_restarts(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    broker = NatsServer(jetstream=True).start()
+    try:
+        server = plasma(**nats_env(broker, "nats-jetstream", "keep.>"))
+        await healthy(server)
+        stream = await SSEStream.open(server.url + "/", "k")
+        try:
+            await stream.wait_retry()
+            await publish(broker.url, "keep.a", envelope("k", 0), jetstream=True)
+            assert (await stream.next_event()).json()["data"] == 0
+            broker.kill()
+            await async_wait_for(lambda: http(server.url + "/hc").status == 500, what="/hc 500")
+            broker.start()  # same store directory: the stream survives
+            await publish(broker.url, "keep.a", *(envelope("k", n) for n in (1, 2)), jetstream=True)
+            got = [await stream.next_event() for _ in range(2)]
+            assert [(e.event, e.json()["data"]) for e in got] == [(None, 1), (None, 2)]
+            assert server.metrics()["source_gaps"] == 0
+        finally:
+            await stream.close()
+    finally:
+        broker.stop()
+
+
+def test_nats_needs_subjects(plasma: Callable[..., PlasmaProcess]) -> None:
+    server = plasma(wait=False, PLASMA_SUBSCRIBER_TYPE="nats")
+    assert server.proc is not None
+    assert server.proc.wait(15) == 2
+    assert "PLASMA_SUBSCRIBER_NATS_SUBJECTS" in server.output()
+
+
+async def test_nats_credentials_are_used_and_never_logged(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    broker = NatsServer(user="plasma", password="s3cret").start()
+    try:
+        env = nats_env(broker, "nats", "auth", PLASMA_SUBSCRIBER_NATS_USER="plasma")
+        good = plasma(**env, PLASMA_SUBSCRIBER_NATS_PASSWORD="s3cret")
+        bad = plasma(**env, PLASMA_SUBSCRIBER_NATS_PASSWORD="wrong-one")
+        await healthy(good)
+        await async_wait_for(
+            lambda: any("failed" in line.get("msg", "") for line in bad.log_lines()),
+            what="the refused connect logged",
+        )
+        assert http(bad.url + "/hc").status == 500
+        assert "wrong-one" not in bad.output()
+        assert "s3cret" not in good.output()
+    finally:
+        broker.stop()
+
+
+async def test_jetstream_resume_past_a_purge_is_a_gap(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    server = plasma(
+        **nats_env(
+            nats_server,
+            "nats-jetstream",
+            "purged.>",
+            PLASMA_SUBSCRIBER_NATS_STREAM="PURGED",
+            PLASMA_HISTORY_SIZE="0",  # every resume asks JetStream
+        )
+    )
+    await healthy(server)
+    seqs = await publish(
+        nats_server.url, "purged.a", *(envelope("p", n) for n in range(3)), jetstream=True
+    )
+    client = await nats.connect(nats_server.url)
+    try:
+        await client.jetstream().purge_stream("PURGED")
+    finally:
+        await client.close()
+    stream = await SSEStream.open(server.url + "/", "p", headers={"Last-Event-ID": str(seqs[0])})
+    try:
+        gap = await stream.next_event()
+        assert (gap.event, gap.json()["data"]["lastEventId"]) == ("gap", str(seqs[0]))
+    finally:
+        await stream.close()
