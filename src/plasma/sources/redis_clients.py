@@ -96,6 +96,8 @@ def server_client(
     host, port = config.addrs[0]
     if parser_class is not None:
         # The parser is a connection setting: the client owns (and closes) this pool.
+        if kwargs.pop("ssl", False):
+            kwargs["connection_class"] = aioredis.SSLConnection
         pool = aioredis.ConnectionPool(host=host, port=port, db=config.db, **kwargs)
         return aioredis.Redis.from_pool(pool)
     return node_client(config, host, port, timeout, connect)
