@@ -254,6 +254,7 @@ async def run_attack(
 
 def assert_held(outcome: Outcome, *, goaway: int | None = ENHANCE_YOUR_CALM) -> None:
     """Everyone else was served on time, memory stayed bounded, the abuser was told to go."""
+    print(outcome.summary())  # the figures, shown with -s
     problems = []
     if not outcome.alive:
         problems.append("plasma died")

@@ -10,6 +10,11 @@ Sending follows the hub's rule (one socket write per connection per loop iterati
 turns each dirty stream's pending messages into one DATA frame and does one socket ``write``
 for all of its streams. The flush state (``dirty``, ``out``, ``flush_coming``) is written only
 here.
+
+Reading is where one client could stall everyone, so the read path bounds it (``guard``): a
+read is fed to h2 in turns of at most ``WORK_PER_TURN`` frames and request messages, reading
+paused until the rest is done a loop turn later; resets and control frames draw on token
+buckets, and a connection that empties one gets GOAWAY ``ENHANCE_YOUR_CALM``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ import h2.settings
 from plasma.config import LimitsConfig
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
+from plasma.transports.access import log_lines_suppressed
+from plasma.transports.grpc.guard import (
+    CONTROL_BURST,
+    CONTROL_RATE,
+    LINGER,
+    LOG_BURST,
+    LOG_RATE,
+    RESET_BURST,
+    RESET_RATE,
+    TINY_WINDOW,
+    WORK_PER_TURN,
+    FrameSplitter,
+    TokenBucket,
+)
 from plasma.transports.grpc.stream import CallHandler, ServerStream, Status
 from plasma.transports.listener import H2_PREFACE
 
@@ -64,15 +83,25 @@ class GrpcConnection(asyncio.Protocol):
     """One HTTP/2 connection: its h2 state, its streams, and the streams waiting to flush."""
 
     __slots__ = (
+        "_control",
         "_handshake_timer",
-        "_header",
-        "_skip",
+        "_inbound",
+        "_linger_timer",
+        "_lingering",
+        "_log_lines",
+        "_paused",
+        "_resets",
+        "_splitter",
+        "_turn_coming",
+        "_waiting",
+        "budget",
         "closing",
         "dirty",
         "flush_coming",
         "h2",
         "host",
         "limit",
+        "lines_suppressed",
         "out",
         "remote",
         "streams",
@@ -102,9 +131,23 @@ class GrpcConnection(asyncio.Protocol):
         """A flush will run (the hub's, or the one ending ``data_received``): ask for no other."""
         self.closing = False
         self.remote = ""
-        self._skip = len(H2_PREFACE)  # the preface is not a frame
-        self._header = b""
         self._handshake_timer: asyncio.TimerHandle | None = None
+        # --- the read path's budgets (``guard``) ---
+        self._splitter = FrameSplitter(len(H2_PREFACE))
+        self._inbound = b""
+        """What was read but not yet fed to h2: the next turn's work (reading is paused)."""
+        self._waiting: list[ServerStream] = []
+        """Streams with request messages left for the next turn."""
+        self._turn_coming = False
+        self._paused = False
+        self.budget = WORK_PER_TURN
+        self._resets = TokenBucket(RESET_BURST, RESET_RATE)
+        self._control = TokenBucket(CONTROL_BURST, CONTROL_RATE)
+        self._log_lines = TokenBucket(LOG_BURST, LOG_RATE)
+        self.lines_suppressed = 0
+        self._lingering = False
+        """Told GOAWAY ENHANCE_YOUR_CALM: what arrives is dropped until the linger ends."""
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -121,48 +164,91 @@ class GrpcConnection(asyncio.Protocol):
         self._write_out()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # told to go away: read and dropped until the linger ends
+        if self._turn_coming:
+            self._inbound += data  # (a TLS transport may deliver a little after the pause)
+            return
+        self._turn(data)
+
+    def _turn(self, data: bytes) -> None:
+        """One loop turn of this connection's work: messages left over from the last turn,
+        then the next frames of ``data``, ``WORK_PER_TURN`` units in all; the rest of ``data``
+        waits for the next turn, with reading paused meanwhile."""
         self._flush_at_end_of_callback()
+        self.budget = WORK_PER_TURN
+        if self._waiting:
+            self._receive_deferred()
+        rest = data
+        if data and self.budget > 0:
+            cut = self._splitter.split(data, self.budget, self.h2.max_inbound_frame_size)
+            if cut < 0:
+                # h2 would buffer the whole frame before refusing it: refuse it by its header.
+                self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                self._hang_up("frame larger than SETTINGS_MAX_FRAME_SIZE")
+                return
+            if cut == len(data):
+                chunk, rest = data, b""
+            else:
+                chunk, rest = data[:cut], data[cut:]
+            if not self._feed(chunk):
+                return
+        self.take_h2_output()  # acks, window updates, headers of refused calls
+        self.flush()
+        transport = self.transport
+        if transport is None or self._lingering or transport.is_closing():
+            return
+        if rest or self._waiting:
+            self._inbound = rest
+            if not self._paused:
+                self._paused = True
+                transport.pause_reading()
+            self._turn_coming = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif self._paused:
+            self._paused = False
+            transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        self._turn_coming = False
+        if self.transport is None or self._lingering:
+            return
+        data, self._inbound = self._inbound, b""
+        self._turn(data)
+
+    def _feed(self, chunk: bytes) -> bool:
+        """Hand whole frames to h2 and dispatch its events; False once the connection ends."""
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued a GOAWAY with the right error code; send it and hang up.
             self._hang_up(str(exc))
-            return
-        if not self._frames_fit(data):
-            # h2 would buffer the whole frame before refusing it: refuse it by its header.
-            self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
-            self._hang_up("frame larger than SETTINGS_MAX_FRAME_SIZE")
-            return
+            return False
         for event in events:
             handle = _DISPATCH.get(type(event))
             if handle is not None:
                 handle(self, event)
-        self.take_h2_output()  # acks, window updates, headers of refused calls
-        self.flush()
-
-    def _frames_fit(self, data: bytes) -> bool:
-        """Follow frame boundaries in what arrives; False when a header announces too much."""
-        skip = self._skip
-        header = self._header
-        size = len(data)
-        pos = 0
-        while pos < size:
-            if skip:
-                n = min(skip, size - pos)
-                skip -= n
-                pos += n
-                continue
-            n = min(9 - len(header), size - pos)
-            header += data[pos : pos + n]
-            pos += n
-            if len(header) == 9:
-                skip = int.from_bytes(header[:3], "big")
-                header = b""
-                if skip > self.h2.max_inbound_frame_size:
+                if self._lingering:
                     return False
-        self._skip = skip
-        self._header = header
         return True
+
+    def _receive_deferred(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for i, stream in enumerate(waiting):
+            if self.budget <= 0:
+                self._waiting.extend(waiting[i:])  # still deferred: the turn after
+                return
+            if not stream.ended:
+                stream.receive_deferred()
+
+    def defer(self, stream: ServerStream) -> None:
+        self._waiting.append(stream)
+
+    def may_log(self) -> bool:
+        if self._log_lines.take():
+            return True
+        self.lines_suppressed += 1
+        return False
 
     def eof_received(self) -> bool | None:
         return None
@@ -171,14 +257,24 @@ class GrpcConnection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._close_streams("client", Status.CANCELLED)
         self.dirty.clear()
+        self._waiting.clear()
+        self._inbound = b""
         self.transport = None
         self.host.discard_connection(self)
+        if self.lines_suppressed:
+            log_lines_suppressed(transport="grpc", remote=self.remote, lines=self.lines_suppressed)
 
     # --- h2 events ---------------------------------------------------------------------------
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if not self._control.take():
+            self._calm("SETTINGS flood")
+            return
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -210,7 +306,12 @@ class GrpcConnection(asyncio.Protocol):
             stream.attach(handler)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
-        # Messages are consumed at once (and bounded), so the window is returned at once.
+        empty = not event.flow_controlled_length and event.stream_ended is None
+        if empty and not self._control.take():  # empty DATA frames carry nothing but work
+            self._calm("empty DATA flood")
+            return
+        # Messages are consumed within a turn or two (and bounded), so the window is returned
+        # at once: reading stays paused while any are left.
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(event.stream_id)
         if stream is not None and not stream.ended and event.data:
@@ -222,12 +323,23 @@ class GrpcConnection(asyncio.Protocol):
             stream.half_close()
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
+        if event.remote_reset and not self._resets.take():
+            self._calm("too many stream resets")
+            return
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.abort("client")
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        if event.delta < TINY_WINDOW and not self._control.take():
+            self._calm("tiny WINDOW_UPDATE flood")
+            return
         self._mark_waiting(event.stream_id or None)
+
+    def _on_control(self, event: h2.events.Event) -> None:
+        """PING (h2 has queued the ack), PRIORITY, unknown frames: only their count matters."""
+        if not self._control.take():
+            self._calm(f"{type(event).__name__} flood")
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self._close_streams("client", Status.CANCELLED)
@@ -293,7 +405,7 @@ class GrpcConnection(asyncio.Protocol):
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
             return
         transport.write(data)
         self.host.metrics.bytes_written += len(data)
@@ -313,6 +425,32 @@ class GrpcConnection(asyncio.Protocol):
         self._close_streams("protocol", Status.INTERNAL)
         if self.transport is not None:
             self.transport.close()
+
+    def _calm(self, why: str) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM for a client that abuses the protocol; then read and drop
+        what it sends for ``LINGER`` seconds, so the GOAWAY arrives before the cut."""
+        log.warning(
+            "closing an abusive gRPC connection", extra={"remote": self.remote, "error": why}
+        )
+        self.closing = True
+        self._close_streams("abuse", Status.CANCELLED)
+        self.h2.close_connection(
+            error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=why.encode()
+        )
+        self.take_h2_output()
+        self.flush()
+        self._lingering = True
+        self._inbound = b""
+        self._waiting.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger_timer = asyncio.get_running_loop().call_later(LINGER, self.abort)
 
     def _close_streams(self, reason: str, status: Status) -> None:
         for stream in list(self.streams.values()):
@@ -354,4 +492,7 @@ _DISPATCH: dict[type, Callable[[GrpcConnection, Any], None]] = {
     h2.events.StreamReset: GrpcConnection._on_reset,
     h2.events.WindowUpdated: GrpcConnection._on_window,
     h2.events.ConnectionTerminated: GrpcConnection._on_goaway,
+    h2.events.PingReceived: GrpcConnection._on_control,
+    h2.events.PriorityUpdated: GrpcConnection._on_control,
+    h2.events.UnknownFrameReceived: GrpcConnection._on_control,
 }
