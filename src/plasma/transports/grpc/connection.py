@@ -141,9 +141,10 @@ class GrpcConnection(asyncio.Protocol):
         self._turn_coming = False
         self._paused = False
         self.budget = WORK_PER_TURN
-        self._resets = TokenBucket(RESET_BURST, RESET_RATE)
-        self._control = TokenBucket(CONTROL_BURST, CONTROL_RATE)
-        self._log_lines = TokenBucket(LOG_BURST, LOG_RATE)
+        # Made at first use: most connections never reset a stream nor end one.
+        self._resets: TokenBucket | None = None
+        self._control: TokenBucket | None = None
+        self._log_lines: TokenBucket | None = None
         self.lines_suppressed = 0
         self._lingering = False
         """Told GOAWAY ENHANCE_YOUR_CALM: what arrives is dropped until the linger ends."""
@@ -245,9 +246,20 @@ class GrpcConnection(asyncio.Protocol):
         self._waiting.append(stream)
 
     def may_log(self) -> bool:
+        if self._log_lines is None:
+            self._log_lines = TokenBucket(LOG_BURST, LOG_RATE)
         if self._log_lines.take():
             return True
         self.lines_suppressed += 1
+        return False
+
+    def _control_frame(self, what: str) -> bool:
+        """Count one control frame; False (and GOAWAY) once the client sends too many."""
+        if self._control is None:
+            self._control = TokenBucket(CONTROL_BURST, CONTROL_RATE)
+        if self._control.take():
+            return True
+        self._calm(f"{what} flood")
         return False
 
     def eof_received(self) -> bool | None:
@@ -272,12 +284,11 @@ class GrpcConnection(asyncio.Protocol):
     # --- h2 events ---------------------------------------------------------------------------
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
-        if not self._control.take():
-            self._calm("SETTINGS flood")
-            return
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        elif not self._control_frame("SETTINGS"):  # the first SETTINGS is the handshake
+            return
         self._mark_waiting(None)  # a new initial window size may unblock streams
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
@@ -307,8 +318,7 @@ class GrpcConnection(asyncio.Protocol):
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         empty = not event.flow_controlled_length and event.stream_ended is None
-        if empty and not self._control.take():  # empty DATA frames carry nothing but work
-            self._calm("empty DATA flood")
+        if empty and not self._control_frame("empty DATA"):  # they carry nothing but work
             return
         # Messages are consumed within a turn or two (and bounded), so the window is returned
         # at once: reading stays paused while any are left.
@@ -323,23 +333,24 @@ class GrpcConnection(asyncio.Protocol):
             stream.half_close()
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
-        if event.remote_reset and not self._resets.take():
-            self._calm("too many stream resets")
-            return
+        if event.remote_reset:
+            if self._resets is None:
+                self._resets = TokenBucket(RESET_BURST, RESET_RATE)
+            if not self._resets.take():
+                self._calm("too many stream resets")
+                return
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.abort("client")
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
-        if event.delta < TINY_WINDOW and not self._control.take():
-            self._calm("tiny WINDOW_UPDATE flood")
+        if event.delta < TINY_WINDOW and not self._control_frame("tiny WINDOW_UPDATE"):
             return
         self._mark_waiting(event.stream_id or None)
 
     def _on_control(self, event: h2.events.Event) -> None:
         """PING (h2 has queued the ack), PRIORITY, unknown frames: only their count matters."""
-        if not self._control.take():
-            self._calm(f"{type(event).__name__} flood")
+        self._control_frame(type(event).__name__)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self._close_streams("client", Status.CANCELLED)
