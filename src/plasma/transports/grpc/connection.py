@@ -35,19 +35,7 @@ from plasma.config import LimitsConfig
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
 from plasma.transports.access import log_lines_suppressed
-from plasma.transports.grpc.guard import (
-    CONTROL_BURST,
-    CONTROL_RATE,
-    LINGER,
-    LOG_BURST,
-    LOG_RATE,
-    RESET_BURST,
-    RESET_RATE,
-    TINY_WINDOW,
-    WORK_PER_TURN,
-    FrameSplitter,
-    TokenBucket,
-)
+from plasma.transports.grpc.guard import LINGER, TINY_WINDOW, WORK_PER_TURN, ReadGuard
 from plasma.transports.grpc.stream import CallHandler, ServerStream, Status
 from plasma.transports.listener import H2_PREFACE
 
@@ -83,25 +71,15 @@ class GrpcConnection(asyncio.Protocol):
     """One HTTP/2 connection: its h2 state, its streams, and the streams waiting to flush."""
 
     __slots__ = (
-        "_control",
         "_handshake_timer",
-        "_inbound",
-        "_linger_timer",
-        "_lingering",
-        "_log_lines",
-        "_paused",
-        "_resets",
-        "_splitter",
-        "_turn_coming",
-        "_waiting",
         "budget",
         "closing",
         "dirty",
         "flush_coming",
+        "guard",
         "h2",
         "host",
         "limit",
-        "lines_suppressed",
         "out",
         "remote",
         "streams",
@@ -132,23 +110,10 @@ class GrpcConnection(asyncio.Protocol):
         self.closing = False
         self.remote = ""
         self._handshake_timer: asyncio.TimerHandle | None = None
-        # --- the read path's budgets (``guard``) ---
-        self._splitter = FrameSplitter(len(H2_PREFACE))
-        self._inbound = b""
-        """What was read but not yet fed to h2: the next turn's work (reading is paused)."""
-        self._waiting: list[ServerStream] = []
-        """Streams with request messages left for the next turn."""
-        self._turn_coming = False
-        self._paused = False
+        self.guard = ReadGuard(len(H2_PREFACE))
+        """The read path's state and budgets."""
         self.budget = WORK_PER_TURN
-        # Made at first use: most connections never reset a stream nor end one.
-        self._resets: TokenBucket | None = None
-        self._control: TokenBucket | None = None
-        self._log_lines: TokenBucket | None = None
-        self.lines_suppressed = 0
-        self._lingering = False
-        """Told GOAWAY ENHANCE_YOUR_CALM: what arrives is dropped until the linger ends."""
-        self._linger_timer: asyncio.TimerHandle | None = None
+        """Work left in this turn (a frame costs 1, a request message ``MESSAGE_COST``)."""
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -165,10 +130,11 @@ class GrpcConnection(asyncio.Protocol):
         self._write_out()
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:
+        guard = self.guard
+        if guard.lingering:
             return  # told to go away: read and dropped until the linger ends
-        if self._turn_coming:
-            self._inbound += data  # (a TLS transport may deliver a little after the pause)
+        if guard.turn_coming:
+            guard.inbound += data  # (a TLS transport may deliver a little after the pause)
             return
         self._turn(data)
 
@@ -177,12 +143,13 @@ class GrpcConnection(asyncio.Protocol):
         then the next frames of ``data``, ``WORK_PER_TURN`` units in all; the rest of ``data``
         waits for the next turn, with reading paused meanwhile."""
         self._flush_at_end_of_callback()
+        guard = self.guard
         self.budget = WORK_PER_TURN
-        if self._waiting:
+        if guard.waiting:
             self._receive_deferred()
         rest = data
         if data and self.budget > 0:
-            cut = self._splitter.split(data, self.budget, self.h2.max_inbound_frame_size)
+            cut = guard.split(data, self.budget, self.h2.max_inbound_frame_size)
             if cut < 0:
                 # h2 would buffer the whole frame before refusing it: refuse it by its header.
                 self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
@@ -197,24 +164,25 @@ class GrpcConnection(asyncio.Protocol):
         self.take_h2_output()  # acks, window updates, headers of refused calls
         self.flush()
         transport = self.transport
-        if transport is None or self._lingering or transport.is_closing():
+        if transport is None or guard.lingering or transport.is_closing():
             return
-        if rest or self._waiting:
-            self._inbound = rest
-            if not self._paused:
-                self._paused = True
+        if rest or guard.waiting:
+            guard.inbound = rest
+            if not guard.paused:
+                guard.paused = True
                 transport.pause_reading()
-            self._turn_coming = True
+            guard.turn_coming = True
             asyncio.get_running_loop().call_soon(self._next_turn)
-        elif self._paused:
-            self._paused = False
+        elif guard.paused:
+            guard.paused = False
             transport.resume_reading()
 
     def _next_turn(self) -> None:
-        self._turn_coming = False
-        if self.transport is None or self._lingering:
+        guard = self.guard
+        guard.turn_coming = False
+        if self.transport is None or guard.lingering:
             return
-        data, self._inbound = self._inbound, b""
+        data, guard.inbound = guard.inbound, b""
         self._turn(data)
 
     def _feed(self, chunk: bytes) -> bool:
@@ -229,35 +197,29 @@ class GrpcConnection(asyncio.Protocol):
             handle = _DISPATCH.get(type(event))
             if handle is not None:
                 handle(self, event)
-                if self._lingering:
+                if self.guard.lingering:
                     return False
         return True
 
     def _receive_deferred(self) -> None:
-        waiting, self._waiting = self._waiting, []
+        guard = self.guard
+        waiting, guard.waiting = guard.waiting, []
         for i, stream in enumerate(waiting):
             if self.budget <= 0:
-                self._waiting.extend(waiting[i:])  # still deferred: the turn after
+                guard.waiting.extend(waiting[i:])  # still deferred: the turn after
                 return
             if not stream.ended:
                 stream.receive_deferred()
 
     def defer(self, stream: ServerStream) -> None:
-        self._waiting.append(stream)
+        self.guard.waiting.append(stream)
 
     def may_log(self) -> bool:
-        if self._log_lines is None:
-            self._log_lines = TokenBucket(LOG_BURST, LOG_RATE)
-        if self._log_lines.take():
-            return True
-        self.lines_suppressed += 1
-        return False
+        return self.guard.log_line()
 
     def _control_frame(self, what: str) -> bool:
         """Count one control frame; False (and GOAWAY) once the client sends too many."""
-        if self._control is None:
-            self._control = TokenBucket(CONTROL_BURST, CONTROL_RATE)
-        if self._control.take():
+        if self.guard.control_frame():
             return True
         self._calm(f"{what} flood")
         return False
@@ -269,17 +231,18 @@ class GrpcConnection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
+        guard = self.guard
+        if guard.linger_timer is not None:
+            guard.linger_timer.cancel()
+            guard.linger_timer = None
         self._close_streams("client", Status.CANCELLED)
         self.dirty.clear()
-        self._waiting.clear()
-        self._inbound = b""
+        guard.waiting.clear()
+        guard.inbound = b""
         self.transport = None
         self.host.discard_connection(self)
-        if self.lines_suppressed:
-            log_lines_suppressed(transport="grpc", remote=self.remote, lines=self.lines_suppressed)
+        if guard.lines_suppressed:
+            log_lines_suppressed(transport="grpc", remote=self.remote, lines=guard.lines_suppressed)
 
     # --- h2 events ---------------------------------------------------------------------------
 
@@ -333,12 +296,9 @@ class GrpcConnection(asyncio.Protocol):
             stream.half_close()
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
-        if event.remote_reset:
-            if self._resets is None:
-                self._resets = TokenBucket(RESET_BURST, RESET_RATE)
-            if not self._resets.take():
-                self._calm("too many stream resets")
-                return
+        if event.remote_reset and not self.guard.reset():
+            self._calm("too many stream resets")
+            return
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.abort("client")
@@ -416,7 +376,7 @@ class GrpcConnection(asyncio.Protocol):
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         transport = self.transport
-        if transport is None or transport.is_closing() or self._lingering:
+        if transport is None or transport.is_closing():
             return
         transport.write(data)
         self.host.metrics.bytes_written += len(data)
@@ -439,7 +399,9 @@ class GrpcConnection(asyncio.Protocol):
 
     def _calm(self, why: str) -> None:
         """GOAWAY ENHANCE_YOUR_CALM for a client that abuses the protocol; then read and drop
-        what it sends for ``LINGER`` seconds, so the GOAWAY arrives before the cut."""
+        what it sends for ``LINGER`` seconds, so the GOAWAY arrives before the cut (closing
+        with unread input would send a reset that can overtake it). Every stream is over by
+        then, so nothing is written after the GOAWAY."""
         log.warning(
             "closing an abusive gRPC connection", extra={"remote": self.remote, "error": why}
         )
@@ -450,18 +412,17 @@ class GrpcConnection(asyncio.Protocol):
         )
         self.take_h2_output()
         self.flush()
-        self._lingering = True
-        self._inbound = b""
-        self._waiting.clear()
+        guard = self.guard
+        guard.lingering = True
+        guard.inbound = b""
+        guard.waiting.clear()
         transport = self.transport
         if transport is None:
             return
-        if self._paused:
-            self._paused = False
+        if guard.paused:
+            guard.paused = False
             transport.resume_reading()
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._linger_timer = asyncio.get_running_loop().call_later(LINGER, self.abort)
+        guard.linger_timer = asyncio.get_running_loop().call_later(LINGER, self.abort)
 
     def _close_streams(self, reason: str, status: Status) -> None:
         for stream in list(self.streams.values()):

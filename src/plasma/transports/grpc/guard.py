@@ -15,7 +15,12 @@ acks SETTINGS once, cancels calls one at a time, and opens windows by kilobytes.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from plasma.transports.grpc.stream import ServerStream
 
 __all__ = [
     "CONTROL_BURST",
@@ -29,6 +34,7 @@ __all__ = [
     "TINY_WINDOW",
     "WORK_PER_TURN",
     "FrameSplitter",
+    "ReadGuard",
     "TokenBucket",
 ]
 
@@ -118,3 +124,59 @@ class FrameSplitter:
         self._skip = skip
         self._header = header
         return pos
+
+
+class ReadGuard(FrameSplitter):
+    """One connection's read-path state, apart from the connection so that the fields its
+    flush touches on every delivery stay together: the frame boundary, what waits for the
+    next turn, and the budgets (made at first use: most connections never need them)."""
+
+    __slots__ = (
+        "_control",
+        "_log_lines",
+        "_resets",
+        "inbound",
+        "lines_suppressed",
+        "linger_timer",
+        "lingering",
+        "paused",
+        "turn_coming",
+        "waiting",
+    )
+
+    def __init__(self, preface: int) -> None:
+        super().__init__(preface)
+        self.inbound = b""
+        """What was read but not yet fed to h2: the next turn's work (reading is paused)."""
+        self.waiting: list[ServerStream] = []
+        """Streams with request messages left for the next turn."""
+        self.turn_coming = False
+        self.paused = False
+        self._resets: TokenBucket | None = None
+        self._control: TokenBucket | None = None
+        self._log_lines: TokenBucket | None = None
+        self.lines_suppressed = 0
+        self.lingering = False
+        """Told GOAWAY ENHANCE_YOUR_CALM: what arrives is dropped until the linger ends."""
+        self.linger_timer: asyncio.TimerHandle | None = None
+
+    def reset(self) -> bool:
+        """Count one stream the client reset; False once it resets too many."""
+        if self._resets is None:
+            self._resets = TokenBucket(RESET_BURST, RESET_RATE)
+        return self._resets.take()
+
+    def control_frame(self) -> bool:
+        """Count one control frame; False once the client sends too many."""
+        if self._control is None:
+            self._control = TokenBucket(CONTROL_BURST, CONTROL_RATE)
+        return self._control.take()
+
+    def log_line(self) -> bool:
+        """Whether one more access-log line fits; the ones that do not are counted."""
+        if self._log_lines is None:
+            self._log_lines = TokenBucket(LOG_BURST, LOG_RATE)
+        if self._log_lines.take():
+            return True
+        self.lines_suppressed += 1
+        return False
