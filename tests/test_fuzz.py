@@ -220,3 +220,153 @@ def test_deeply_nested_json_is_rejected_or_parsed_never_crashes(depth: int) -> N
         assert exc.reason in {"invalid_json", "too_deep"}
     else:
         assert event.data == b"[" * depth + b"]" * depth
+
+
+# --- HTTP/2 frame sequences on a real connection ---------------------------------------------
+
+_H2_STREAMS = st.sampled_from([0, 1, 3, 5, 2, 2**31 - 1])
+_H2_PATHS = st.sampled_from(
+    [
+        b"/proto.StreamService/Events",
+        b"/grpc.health.v1.Health/Check",
+        b"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        b"/no.Such/Method",
+    ]
+)
+_H2_BODIES = st.sampled_from([b"\x0a\x07\x0a\x05fuzz1", b"", b"\x0a\x03\x0a\x01"]) | st.binary(
+    max_size=40
+)
+_H2_FRAMES = st.one_of(
+    st.tuples(st.just("headers"), _H2_STREAMS, _H2_PATHS, st.booleans(), st.booleans()),
+    st.tuples(st.just("data"), _H2_STREAMS, _H2_BODIES, st.booleans(), st.booleans()),
+    st.tuples(
+        st.just("raw"),
+        st.integers(0, 12),  # every frame type plus an unknown one
+        st.integers(0, 255),
+        _H2_STREAMS,
+        st.binary(max_size=24),
+    ),
+    st.tuples(st.just("window"), _H2_STREAMS, st.integers(0, 2**31 - 1)),
+    st.tuples(
+        st.just("settings"),
+        st.lists(st.tuples(st.integers(0, 8), st.integers(0, 2**32 - 1)), max_size=3),
+    ),
+)
+
+
+def _h2_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes((kind, flags))
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+def _h2_bytes(specs: list[tuple[Any, ...]]) -> bytes:
+    """The frames of one example, HPACK-encoded on one connection's encoder."""
+    import hpack
+
+    encoder = hpack.Encoder()
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _h2_frame(0x4, 0, 0, b"")
+    for spec in specs:
+        if spec[0] == "headers":
+            _, sid, path, end_stream, end_headers = spec
+            block = encoder.encode(
+                [
+                    (b":method", b"POST"),
+                    (b":scheme", b"http"),
+                    (b":path", path),
+                    (b":authority", b"fuzz"),
+                    (b"content-type", b"application/grpc"),
+                    (b"te", b"trailers"),
+                ]
+            )
+            flags = (0x1 if end_stream else 0) | (0x4 if end_headers else 0)
+            out += _h2_frame(0x1, flags, sid, block)
+        elif spec[0] == "data":
+            _, sid, body, framed, end_stream = spec
+            payload = b"\x00" + len(body).to_bytes(4, "big") + body if framed else body
+            out += _h2_frame(0x0, 0x1 if end_stream else 0, sid, payload)
+        elif spec[0] == "raw":
+            _, kind, flags, sid, payload = spec
+            out += _h2_frame(kind, flags, sid, payload)
+        elif spec[0] == "window":
+            _, sid, increment = spec
+            out += _h2_frame(0x8, 0, sid, increment.to_bytes(4, "big"))
+        else:
+            payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in spec[1])
+            out += _h2_frame(0x4, 0, 0, payload)
+    return out
+
+
+def _h2_exchange(port: int, data: bytes) -> None:
+    """Send ``data`` and a PING; read until the PING's ack or the server's close."""
+    import socket
+
+    marker = b"fuzzdone"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            sock.sendall(data + _h2_frame(0x6, 0, 0, marker))
+        except OSError:
+            return  # closed on us mid-send: an answer too
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return
+            if not chunk:
+                return
+            received += chunk
+            pos = 0
+            while len(received) - pos >= 9:
+                length = int.from_bytes(received[pos : pos + 3], "big")
+                if len(received) - pos < 9 + length:
+                    break
+                kind, flags = received[pos + 3], received[pos + 4]
+                if kind == 0x6 and flags & 1 and received[pos + 9 : pos + 17] == marker:
+                    return
+                pos += 9 + length
+            received = received[pos:]
+
+
+@pytest.mark.integration
+def test_any_h2_frame_sequence_leaves_plasma_serving(redis_server: Any, redis_plasma: Any) -> None:
+    """Sequences of HTTP/2 frames, valid and not, on fresh connections to a real plasma: each
+    one is answered or closed, and a gRPC and an SSE canary opened before are still served."""
+    import socket
+
+    import grpc
+
+    process = redis_plasma()
+    sse = socket.create_connection(("127.0.0.1", process.port), timeout=10)
+    sse.sendall(b"GET /?eventType=canary HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    channel = grpc.insecure_channel(f"127.0.0.1:{process.port}")
+    # The 2017 Request is field 1 (EventType) holding field 1 (type): no stubs needed.
+    events = channel.unary_stream(
+        "/proto.StreamService/Events",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )(b"\x0a\x08\x0a\x06canary", timeout=60)
+    events.initial_metadata()  # sent once plasma has subscribed
+
+    @settings(suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(_H2_FRAMES, max_size=12))
+    def any_frames(specs: list[tuple[Any, ...]]) -> None:
+        _h2_exchange(process.port, _h2_bytes(specs))
+        assert process.proc.poll() is None
+
+    try:
+        any_frames()
+        redis_server.publish("events", orjson.dumps({"meta": {"type": "canary"}, "data": 1}))
+        assert b"canary" in next(events)
+        received = b""
+        while b'"canary"' not in received:
+            chunk = sse.recv(65536)
+            assert chunk, "the SSE canary was closed"
+            received += chunk
+    finally:
+        events.cancel()
+        channel.close()
+        sse.close()

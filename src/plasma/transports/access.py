@@ -10,7 +10,13 @@ from aiohttp import web
 
 from plasma.logging import ACCESS_LOGGER
 
-__all__ = ["client_address", "log_request", "log_stream_end", "remote_address"]
+__all__ = [
+    "client_address",
+    "log_lines_suppressed",
+    "log_request",
+    "log_stream_end",
+    "remote_address",
+]
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -76,3 +82,13 @@ def log_stream_end(
             "reason": reason,
         },
     )
+
+
+def log_lines_suppressed(*, transport: str, remote: str, lines: int) -> None:
+    """One line when a connection ends whose stream lines passed its budget: how many were
+    left out (a client that opens and resets streams by the thousand cannot fill the log)."""
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            "stream lines suppressed",
+            extra={"transport": transport, "remote": remote, "lines": lines},
+        )

@@ -10,6 +10,11 @@ Sending follows the hub's rule (one socket write per connection per loop iterati
 turns each dirty stream's pending messages into one DATA frame and does one socket ``write``
 for all of its streams. The flush state (``dirty``, ``out``, ``flush_coming``) is written only
 here.
+
+Reading is where one client could stall everyone, so the read path bounds it (``guard``): a
+read is fed to h2 in turns of at most ``WORK_PER_TURN`` frames and request messages, reading
+paused until the rest is done a loop turn later; resets and control frames draw on token
+buckets, and a connection that empties one gets GOAWAY ``ENHANCE_YOUR_CALM``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import h2.settings
 from plasma.config import LimitsConfig
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
+from plasma.transports.access import log_lines_suppressed
+from plasma.transports.grpc.guard import LINGER, TINY_WINDOW, WORK_PER_TURN, ReadGuard
 from plasma.transports.grpc.stream import CallHandler, ServerStream, Status, parse_timeout
 from plasma.transports.listener import H2_PREFACE
 
@@ -65,11 +72,11 @@ class GrpcConnection(asyncio.Protocol):
 
     __slots__ = (
         "_handshake_timer",
-        "_header",
-        "_skip",
+        "budget",
         "closing",
         "dirty",
         "flush_coming",
+        "guard",
         "h2",
         "host",
         "limit",
@@ -102,9 +109,11 @@ class GrpcConnection(asyncio.Protocol):
         """A flush will run (the hub's, or the one ending ``data_received``): ask for no other."""
         self.closing = False
         self.remote = ""
-        self._skip = len(H2_PREFACE)  # the preface is not a frame
-        self._header = b""
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self.guard = ReadGuard(len(H2_PREFACE))
+        """The read path's state and budgets."""
+        self.budget = WORK_PER_TURN
+        """Work left in this turn (a frame costs 1, a request message ``MESSAGE_COST``)."""
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -121,48 +130,99 @@ class GrpcConnection(asyncio.Protocol):
         self._write_out()
 
     def data_received(self, data: bytes) -> None:
+        guard = self.guard
+        if guard.lingering:
+            return  # told to go away: read and dropped until the linger ends
+        if guard.turn_coming:
+            guard.inbound += data  # (a TLS transport may deliver a little after the pause)
+            return
+        self._turn(data)
+
+    def _turn(self, data: bytes) -> None:
+        """One loop turn of this connection's work: messages left over from the last turn,
+        then the next frames of ``data``, ``WORK_PER_TURN`` units in all; the rest of ``data``
+        waits for the next turn, with reading paused meanwhile."""
         self._flush_at_end_of_callback()
+        guard = self.guard
+        self.budget = WORK_PER_TURN
+        if guard.waiting:
+            self._receive_deferred()
+        rest = data
+        if data and self.budget > 0:
+            cut = guard.split(data, self.budget, self.h2.max_inbound_frame_size)
+            if cut < 0:
+                # h2 would buffer the whole frame before refusing it: refuse it by its header.
+                self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+                self._hang_up("frame larger than SETTINGS_MAX_FRAME_SIZE")
+                return
+            if cut == len(data):
+                chunk, rest = data, b""
+            else:
+                chunk, rest = data[:cut], data[cut:]
+            if not self._feed(chunk):
+                return
+        self.take_h2_output()  # acks, window updates, headers of refused calls
+        self.flush()
+        transport = self.transport
+        if transport is None or guard.lingering or transport.is_closing():
+            return
+        if rest or guard.waiting:
+            guard.inbound = rest
+            if not guard.paused:
+                guard.paused = True
+                transport.pause_reading()
+            guard.turn_coming = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        elif guard.paused:
+            guard.paused = False
+            transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        guard = self.guard
+        guard.turn_coming = False
+        if self.transport is None or guard.lingering:
+            return
+        data, guard.inbound = guard.inbound, b""
+        self._turn(data)
+
+    def _feed(self, chunk: bytes) -> bool:
+        """Hand whole frames to h2 and dispatch its events; False once the connection ends."""
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued a GOAWAY with the right error code; send it and hang up.
             self._hang_up(str(exc))
-            return
-        if not self._frames_fit(data):
-            # h2 would buffer the whole frame before refusing it: refuse it by its header.
-            self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
-            self._hang_up("frame larger than SETTINGS_MAX_FRAME_SIZE")
-            return
+            return False
         for event in events:
             handle = _DISPATCH.get(type(event))
             if handle is not None:
                 handle(self, event)
-        self.take_h2_output()  # acks, window updates, headers of refused calls
-        self.flush()
-
-    def _frames_fit(self, data: bytes) -> bool:
-        """Follow frame boundaries in what arrives; False when a header announces too much."""
-        skip = self._skip
-        header = self._header
-        size = len(data)
-        pos = 0
-        while pos < size:
-            if skip:
-                n = min(skip, size - pos)
-                skip -= n
-                pos += n
-                continue
-            n = min(9 - len(header), size - pos)
-            header += data[pos : pos + n]
-            pos += n
-            if len(header) == 9:
-                skip = int.from_bytes(header[:3], "big")
-                header = b""
-                if skip > self.h2.max_inbound_frame_size:
+                if self.guard.lingering:
                     return False
-        self._skip = skip
-        self._header = header
         return True
+
+    def _receive_deferred(self) -> None:
+        guard = self.guard
+        waiting, guard.waiting = guard.waiting, []
+        for i, stream in enumerate(waiting):
+            if self.budget <= 0:
+                guard.waiting.extend(waiting[i:])  # still deferred: the turn after
+                return
+            if not stream.ended:
+                stream.receive_deferred()
+
+    def defer(self, stream: ServerStream) -> None:
+        self.guard.waiting.append(stream)
+
+    def may_log(self) -> bool:
+        return self.guard.log_line()
+
+    def _control_frame(self, what: str) -> bool:
+        """Count one control frame; False (and GOAWAY) once the client sends too many."""
+        if self.guard.control_frame():
+            return True
+        self._calm(f"{what} flood")
+        return False
 
     def eof_received(self) -> bool | None:
         return None
@@ -171,10 +231,18 @@ class GrpcConnection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        guard = self.guard
+        if guard.linger_timer is not None:
+            guard.linger_timer.cancel()
+            guard.linger_timer = None
         self._close_streams("client", Status.CANCELLED)
         self.dirty.clear()
+        guard.waiting.clear()
+        guard.inbound = b""
         self.transport = None
         self.host.discard_connection(self)
+        if guard.lines_suppressed:
+            log_lines_suppressed(transport="grpc", remote=self.remote, lines=guard.lines_suppressed)
 
     # --- h2 events ---------------------------------------------------------------------------
 
@@ -182,6 +250,8 @@ class GrpcConnection(asyncio.Protocol):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        elif not self._control_frame("SETTINGS"):  # the first SETTINGS is the handshake
+            return
         self._mark_waiting(None)  # a new initial window size may unblock streams
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
@@ -223,7 +293,11 @@ class GrpcConnection(asyncio.Protocol):
                 stream.expire_in(seconds)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
-        # Messages are consumed at once (and bounded), so the window is returned at once.
+        empty = not event.flow_controlled_length and event.stream_ended is None
+        if empty and not self._control_frame("empty DATA"):  # they carry nothing but work
+            return
+        # Messages are consumed within a turn or two (and bounded), so the window is returned
+        # at once: reading stays paused while any are left.
         self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         stream = self.streams.get(event.stream_id)
         if stream is not None and not stream.ended and event.data:
@@ -235,12 +309,21 @@ class GrpcConnection(asyncio.Protocol):
             stream.half_close()
 
     def _on_reset(self, event: h2.events.StreamReset) -> None:
+        if event.remote_reset and not self.guard.reset():
+            self._calm("too many stream resets")
+            return
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.abort("client")
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
+        if event.delta < TINY_WINDOW and not self._control_frame("tiny WINDOW_UPDATE"):
+            return
         self._mark_waiting(event.stream_id or None)
+
+    def _on_control(self, event: h2.events.Event) -> None:
+        """PING (h2 has queued the ack), PRIORITY, unknown frames: only their count matters."""
+        self._control_frame(type(event).__name__)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self._close_streams("client", Status.CANCELLED)
@@ -327,6 +410,33 @@ class GrpcConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _calm(self, why: str) -> None:
+        """GOAWAY ENHANCE_YOUR_CALM for a client that abuses the protocol; then read and drop
+        what it sends for ``LINGER`` seconds, so the GOAWAY arrives before the cut (closing
+        with unread input would send a reset that can overtake it). Every stream is over by
+        then, so nothing is written after the GOAWAY."""
+        log.warning(
+            "closing an abusive gRPC connection", extra={"remote": self.remote, "error": why}
+        )
+        self.closing = True
+        self._close_streams("abuse", Status.CANCELLED)
+        self.h2.close_connection(
+            error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, additional_data=why.encode()
+        )
+        self.take_h2_output()
+        self.flush()
+        guard = self.guard
+        guard.lingering = True
+        guard.inbound = b""
+        guard.waiting.clear()
+        transport = self.transport
+        if transport is None:
+            return
+        if guard.paused:
+            guard.paused = False
+            transport.resume_reading()
+        guard.linger_timer = asyncio.get_running_loop().call_later(LINGER, self.abort)
+
     def _close_streams(self, reason: str, status: Status) -> None:
         for stream in list(self.streams.values()):
             stream.abort(reason, status)
@@ -367,4 +477,7 @@ _DISPATCH: dict[type, Callable[[GrpcConnection, Any], None]] = {
     h2.events.StreamReset: GrpcConnection._on_reset,
     h2.events.WindowUpdated: GrpcConnection._on_window,
     h2.events.ConnectionTerminated: GrpcConnection._on_goaway,
+    h2.events.PingReceived: GrpcConnection._on_control,
+    h2.events.PriorityUpdated: GrpcConnection._on_control,
+    h2.events.UnknownFrameReceived: GrpcConnection._on_control,
 }

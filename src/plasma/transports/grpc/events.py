@@ -113,6 +113,11 @@ class EventsCall:
             if request.forceClose:
                 stream.finish(Status.OK, reason="client")
                 return
+            if len(request.Events) > self._limits.max_types:
+                # Counted as sent: 50,000 copies of one type are refused before any work.
+                message = f"more than {self._limits.max_types} event types"
+                stream.finish(Status.INVALID_ARGUMENT, message, reason="invalid")
+                return
             names = [e.type for e in request.Events]
             first = not self._subscribed
             if not any(name.strip() for name in names) and not first:
@@ -156,6 +161,8 @@ class EventsCall:
         self._metrics.connection_closed("grpc", reason)
         if reason == "slow":
             self._metrics.clients_dropped["slow"] += 1
+        if not stream.conn.may_log():
+            return  # the connection's log budget is spent: counted, logged when it ends
         log_stream_end(
             transport="grpc",
             remote=stream.conn.remote,

@@ -208,15 +208,24 @@ def _find_file(request: Any) -> proto.ProtoFile | None:
     return next((f for f in proto.served_files() if symbol in f.symbols), None)
 
 
+REFLECTION_MAX_REQUEST = 4096
+"""Largest reflection request: a host name and a file or symbol name fit many times over."""
+MAX_HOST = 255
+"""Longest ``host`` echoed back (a DNS name is at most 253 characters)."""
+
+
 class ReflectionCall(_Call):
     """``ServerReflectionInfo``: one response per request, until the client half-closes."""
 
     __slots__ = ()
+    max_request_bytes = REFLECTION_MAX_REQUEST
 
     def on_message(self, message: bytes) -> None:
         request = self.parse(_reflection("ServerReflectionRequest"), message)
         if request is None:
             return
+        if len(request.host) > MAX_HOST:
+            request.host = ""  # never echo what is no host name, least of all twice
         response = _reflection("ServerReflectionResponse")(
             valid_host=request.host, original_request=request
         )

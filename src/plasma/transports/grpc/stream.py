@@ -8,7 +8,11 @@ DATA frame. DATA frames are framed here rather than by ``h2.send_data`` (it was 
 of a delivery in 10-event bursts), against h2's own flow-control windows; h2 sends every
 HEADERS frame, so its stream states hold. A stream whose window is short keeps the rest pending
 until the client's WINDOW_UPDATE, and is cut with RESOURCE_EXHAUSTED once that backlog passes
-the client buffer.
+the client buffer; each window opening sends from the pending list without copying what stays.
+
+Receiving is worked off in the connection's turns (``plasma.transports.grpc.guard``): each
+request message draws on the connection's budget, and a stream whose budget ran out keeps its
+messages (and a half-close that came after them) for the next turn.
 
 A stream knows its connection only through ``StreamConnection``: the few things it asks of it.
 """
@@ -27,6 +31,7 @@ import h2.exceptions
 
 from plasma.events import Encoder, Event
 from plasma.hub import Flushable
+from plasma.transports.grpc.guard import MESSAGE_COST
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -121,6 +126,14 @@ class StreamConnection(Protocol):
     remote: str
     limit: int
     """Bytes a client may leave unsent (its window shut) or unread before it is cut."""
+    budget: int
+    """Work this connection may still do in the current loop turn (``guard.WORK_PER_TURN``)."""
+
+    def defer(self, stream: ServerStream) -> None:
+        """``stream`` has messages left for the next turn: call ``receive_deferred`` then."""
+
+    def may_log(self) -> bool:
+        """Whether one more access-log line fits this connection's log budget."""
 
     def queue(self, stream: ServerStream) -> Flushable | None:
         """Put ``stream`` on the next flush; return what the hub must flush, if anything."""
@@ -143,15 +156,19 @@ class ServerStream:
 
     __slots__ = (
         "_data_suffix",
+        "_half_closed",
         "_inbox",
+        "_offset",
         "closed",
         "conn",
         "deadline",
+        "deferred",
         "encoder",
         "ended",
         "handler",
         "headers_sent",
         "last_seq",
+        "max_request",
         "messages_sent",
         "path",
         "pending",
@@ -177,6 +194,7 @@ class ServerStream:
         self.messages_sent = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self._offset = 0  # bytes of pending[0] already sent (a window opened part of it)
         self.queued = False
         """Set and cleared by the connection: this stream is on its next flush."""
         self.headers_sent = False
@@ -191,11 +209,17 @@ class ServerStream:
         self.task: asyncio.Task[Any] | None = None
         self.deadline: asyncio.TimerHandle | None = None
         self._inbox = bytearray()
+        self.max_request = MAX_REQUEST_BYTES
+        self.deferred = False
+        """Messages wait in the inbox for the connection's next turn."""
+        self._half_closed = False  # END_STREAM arrived behind deferred messages
         self._data_suffix = b"\x00\x00" + stream_id.to_bytes(4, "big")  # DATA, no flags, id
 
     def attach(self, handler: CallHandler) -> None:
-        """Give the call its behaviour (chosen by path); the stream reports to it from now on."""
+        """Give the call its behaviour (chosen by path); the stream reports to it from now on.
+        A handler may declare a smaller ``max_request_bytes``."""
         self.handler = handler
+        self.max_request = getattr(handler, "max_request_bytes", MAX_REQUEST_BYTES)
 
     def expire_in(self, seconds: float) -> None:
         """End the call with DEADLINE_EXCEEDED ``seconds`` from now (the client's
@@ -242,6 +266,7 @@ class ServerStream:
         """Forget the messages not sent yet (the call is cut; its trailers still go out)."""
         self.pending.clear()
         self.pending_bytes = 0
+        self._offset = 0
 
     def abort(self, reason: str, status: Status = Status.CANCELLED) -> None:
         """The stream is gone (reset by the client, or its connection lost): drop everything."""
@@ -278,7 +303,7 @@ class ServerStream:
         """Frame what is pending as DATA (one frame unless the window is short) onto ``out``,
         the connection's next socket write, which it lends to each stream as it flushes."""
         if self.closed:
-            self.pending.clear()
+            self.drop_pending()
             return
         conn = self.conn
         h2c = conn.h2
@@ -321,25 +346,16 @@ class ServerStream:
             self._check_backlog()
             return False
         pending = self.pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        size = len(data)
+        size = self.pending_bytes
         max_frame = h2c.max_outbound_frame_size
-        suffix = self._data_suffix
-        if size <= window and size <= max_frame:
-            out.append(size.to_bytes(3, "big") + suffix)
+        if size <= window and size <= max_frame and not self._offset:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            out.append(size.to_bytes(3, "big") + self._data_suffix)
             out.append(data)
             sent = size
         else:
-            sent = 0
-            while sent < size and window > 0:
-                n = min(size - sent, window, max_frame)
-                out.append(n.to_bytes(3, "big") + suffix)
-                out.append(data[sent : sent + n])
-                sent += n
-                window -= n
-            if sent < size:
-                pending.append(data[sent:])
+            sent = self._send_slices(out, min(size, window), max_frame)
         h2c.outbound_flow_control_window -= sent
         stream.outbound_flow_control_window -= sent
         self.pending_bytes = size - sent
@@ -347,6 +363,35 @@ class ServerStream:
             self._check_backlog()
             return False
         return True
+
+    def _send_slices(self, out: list[bytes], total: int, max_frame: int) -> int:
+        """Frame the first ``total`` pending bytes; copy only what is sent, never the rest
+        (a window opened a byte at a time must not copy the whole backlog each time)."""
+        pending = self.pending
+        suffix = self._data_suffix
+        offset = self._offset
+        taken = 0  # whole buffers sent
+        sent = 0
+        while sent < total:
+            n = min(total - sent, max_frame)
+            out.append(n.to_bytes(3, "big") + suffix)
+            need = n
+            while need:
+                buf = pending[taken]
+                left = len(buf) - offset
+                if left <= need:
+                    out.append(buf[offset:] if offset else buf)
+                    need -= left
+                    taken += 1
+                    offset = 0
+                else:
+                    out.append(buf[offset : offset + need])
+                    offset += need
+                    need = 0
+            sent += n
+        del pending[:taken]
+        self._offset = offset
+        return sent
 
     def _check_backlog(self) -> None:
         # A client that stops reading leaves its window shut: cut it, never wait for it.
@@ -362,20 +407,30 @@ class ServerStream:
     # --- receiving ---------------------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
-        """Split DATA into gRPC messages and hand each to the handler."""
+        """Split DATA into gRPC messages and hand each to the handler, as long as the
+        connection's budget for this turn lasts; the rest waits for its next turn."""
         inbox = self._inbox
         inbox += data
+        if self.deferred:
+            return
+        conn = self.conn
+        limit = self.max_request
         while len(inbox) >= 5 and not self.ended:
             length = int.from_bytes(inbox[1:5], "big")
-            if length > MAX_REQUEST_BYTES:
+            if length > limit:
                 self.finish(
                     Status.RESOURCE_EXHAUSTED,
-                    f"request message of {length} bytes exceeds {MAX_REQUEST_BYTES}",
+                    f"request message of {length} bytes exceeds {limit}",
                     reason="invalid",
                 )
                 return
             if len(inbox) < 5 + length:
                 return
+            if conn.budget <= 0:
+                self.deferred = True
+                conn.defer(self)
+                return
+            conn.budget -= MESSAGE_COST
             if inbox[0]:
                 self.finish(Status.INTERNAL, "compressed message without grpc-encoding")
                 return
@@ -384,8 +439,18 @@ class ServerStream:
             if self.handler is not None:
                 self.handler.on_message(message)
 
+    def receive_deferred(self) -> None:
+        """The connection's next turn: go on with the messages left in the inbox."""
+        self.deferred = False
+        self.receive(b"")
+        if not self.deferred and self._half_closed and not self.ended:
+            self._half_closed = False
+            self.half_close()
+
     def half_close(self) -> None:
-        if self._inbox and not self.ended:
+        if self.deferred:
+            self._half_closed = True  # after the messages still waiting
+        elif self._inbox and not self.ended:
             self.finish(Status.INTERNAL, "stream ended inside a message", reason="invalid")
         elif self.handler is not None:
             self.handler.on_half_close()
