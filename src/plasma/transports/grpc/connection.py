@@ -252,7 +252,7 @@ class GrpcConnection(asyncio.Protocol):
             self._handshake_timer = None
         elif not self._control_frame("SETTINGS"):  # the first SETTINGS is the handshake
             return
-        self._mark_waiting(None)  # a new initial window size may unblock streams
+        self._queue(self._backlogged(None))  # a new initial window size may unblock streams
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         sid = event.stream_id
@@ -317,9 +317,13 @@ class GrpcConnection(asyncio.Protocol):
             stream.abort("client")
 
     def _on_window(self, event: h2.events.WindowUpdated) -> None:
-        if event.delta < TINY_WINDOW and not self._control_frame("tiny WINDOW_UPDATE"):
+        backlog = self._backlogged(event.stream_id or None)
+        # A small opening where data waits buys a send from the backlog: counted, so 1-byte
+        # openings are the abuse they are. One where nothing waits costs nothing more than h2's
+        # own bookkeeping, and grpcio sends many as it reads many small responses: not counted.
+        if backlog and event.delta < TINY_WINDOW and not self._control_frame("tiny WINDOW_UPDATE"):
             return
-        self._mark_waiting(event.stream_id or None)
+        self._queue(backlog)
 
     def _on_control(self, event: h2.events.Event) -> None:
         """PING (h2 has queued the ack), PRIORITY, unknown frames: only their count matters."""
@@ -355,10 +359,15 @@ class GrpcConnection(asyncio.Protocol):
         """``data_received`` ends with a flush: what handlers queue meanwhile needs no other."""
         self.flush_coming = True
 
-    def _mark_waiting(self, stream_id: int | None) -> None:
+    def _backlogged(self, stream_id: int | None) -> list[ServerStream]:
+        """The streams (all, or one) whose data or trailers wait for window."""
         streams = self.streams.values() if stream_id is None else (self.streams.get(stream_id),)
+        return [s for s in streams if s is not None and (s.pending or s.trailers)]
+
+    def _queue(self, streams: list[ServerStream]) -> None:
+        """Flush these streams at the next flush (each once)."""
         for stream in streams:
-            if stream is not None and (stream.pending or stream.trailers) and not stream.queued:
+            if not stream.queued:
                 stream.queued = True
                 self.dirty.append(stream)
 
