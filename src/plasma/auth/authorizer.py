@@ -1,0 +1,178 @@
+"""What the transports ask: may this request subscribe to, or publish, these event types?
+
+``Authorizer`` is built once at start-up from the settings; with no key configured it is
+disabled and every check allows, so plasma behaves as it does without access control. Each
+refusal is counted by reason (``failures``, which ``/metrics`` reports).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Sequence
+
+import orjson
+from aiohttp import web
+
+from plasma.auth.credentials import QUERY_PARAMETER, bearer_token, request_token
+from plasma.auth.errors import REASONS, AuthError, Forbidden, Unauthenticated
+from plasma.auth.policy import Identity, TypeSet
+from plasma.auth.tokens import TokenVerifier
+from plasma.errors import ConfigError
+
+__all__ = ["SUBJECT_KEY", "Authorizer", "StaticToken", "refusal_response"]
+
+SUBJECT_KEY = "plasma.auth.subject"
+"""Where ``check_publish`` leaves the token's ``sub`` on the request, for the access log."""
+
+MIN_STATIC_TOKEN = 16
+
+
+def refusal_response(error: AuthError) -> web.Response:
+    """The HTTP answer to a refusal: 401/403, ``WWW-Authenticate``, a one-line JSON reason."""
+    return web.Response(
+        status=error.status,
+        body=orjson.dumps({"error": str(error)}),
+        content_type="application/json",
+        headers={"WWW-Authenticate": error.www_authenticate},
+    )
+
+
+class Authorizer:
+    """Checks subscriptions and publications against the token a request presents.
+
+    ``Authorizer(None)`` is the disabled one. ``public_types`` may be read with no token;
+    ``cookie`` names the cookie SSE reads a token from.
+    """
+
+    def __init__(
+        self,
+        verifier: TokenVerifier | None,
+        *,
+        public_types: TypeSet | None = None,
+        cookie: str = "",
+        failures: dict[str, int] | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.public_types = public_types or TypeSet()
+        self.cookie = cookie
+        self.failures = failures if failures is not None else dict.fromkeys(REASONS, 0)
+        for reason in REASONS:
+            self.failures.setdefault(reason, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.verifier is not None
+
+    def _refuse(self, error: AuthError) -> AuthError:
+        self.failures[error.reason] = self.failures.get(error.reason, 0) + 1
+        return error
+
+    def authenticate(self, token: str | None) -> Identity | None:
+        """The identity of a presented token, ``None`` for no token; raise ``Unauthenticated``."""
+        if token is None or self.verifier is None:
+            return None
+        try:
+            return self.verifier.verify(token)
+        except AuthError as exc:
+            raise self._refuse(exc) from None
+
+    def check_subscribe(self, token: str | None, types: Sequence[str]) -> Identity | None:
+        """Allow a subscription to all of ``types`` or raise ``AuthError`` (nothing subscribed).
+
+        A presented token must be valid even when every type is public: a client that sends a
+        broken token has a bug worth hearing about.
+        """
+        if self.verifier is None:
+            return None
+        identity = self.authenticate(token)
+        public = self.public_types
+        for t in types:
+            if public.allows(t):
+                continue
+            if identity is None:
+                raise self._refuse(
+                    Unauthenticated(
+                        "missing", f"a token is required for event type {t!r}", had_token=False
+                    )
+                )
+            if not identity.grant.subscribe.allows(t):
+                raise self._refuse(Forbidden(f"the token does not allow subscribing to {t!r}"))
+        return identity
+
+    def check_publish_token(self, token: str | None, types: Sequence[str]) -> Identity | None:
+        """Allow publishing ``types`` with ``token`` or raise ``AuthError``."""
+        if self.verifier is None:
+            return None
+        identity = self.authenticate(token)
+        if identity is None:
+            raise self._refuse(
+                Unauthenticated("missing", "publishing requires a token", had_token=False)
+            )
+        refused = identity.grant.publish.first_refused(types)
+        if refused is not None:
+            raise self._refuse(Forbidden(f"the token does not allow publishing {refused!r}"))
+        return identity
+
+    def check_publish(self, request: web.BaseRequest, types: Sequence[str]) -> web.Response | None:
+        """``None`` when ``request`` may publish every one of ``types``; else the 401/403 answer.
+
+        The token comes from ``Authorization: Bearer`` or the ``access_token`` query parameter,
+        never from a cookie (see ``plasma.auth.credentials``). The token's ``sub`` is left on
+        the request under ``SUBJECT_KEY`` for the access log. With access control off, ``None``.
+        """
+        if self.verifier is None:
+            return None
+        try:
+            token = request_token(
+                authorization=request.headers.get("Authorization"),
+                query_tokens=request.query.getall(QUERY_PARAMETER, []),
+            )
+        except Unauthenticated as exc:
+            return refusal_response(self._refuse(exc))
+        try:
+            identity = self.check_publish_token(token, types)
+        except AuthError as exc:
+            return refusal_response(exc)
+        if identity is not None and identity.subject is not None:
+            request[SUBJECT_KEY] = identity.subject
+        return None
+
+
+class StaticToken:
+    """A fixed bearer token guarding one endpoint (``/metrics``, ``/debug``'s page).
+
+    Compared in constant time; accepted from ``Authorization: Bearer`` or ``access_token``
+    (a browser opening ``/debug`` cannot set a header).
+    """
+
+    def __init__(self, value: str, setting: str) -> None:
+        if len(value.encode()) < MIN_STATIC_TOKEN:
+            raise ConfigError(
+                setting,
+                f"<hidden, {len(value.encode())} bytes>",
+                f"at least {MIN_STATIC_TOKEN} bytes",
+            )
+        self._value = value.encode()
+
+    def __repr__(self) -> str:
+        return "StaticToken(<hidden>)"
+
+    def allows(self, request: web.BaseRequest) -> bool:
+        try:
+            presented = bearer_token(request.headers.get("Authorization"))
+        except Unauthenticated:
+            return False
+        if presented is None:
+            values = request.query.getall(QUERY_PARAMETER, [])
+            presented = values[0] if len(values) == 1 else None
+        if presented is None:
+            return False
+        return hmac.compare_digest(presented.encode(), self._value)
+
+    @staticmethod
+    def refusal(request: web.BaseRequest) -> web.Response:
+        had_token = "Authorization" in request.headers or QUERY_PARAMETER in request.query
+        error = Unauthenticated("missing", "this endpoint requires its token", had_token=had_token)
+        if had_token:
+            error = Unauthenticated("malformed", "the token does not match", had_token=True)
+        return refusal_response(error)
