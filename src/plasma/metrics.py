@@ -92,6 +92,8 @@ class Metrics:
         self.connections_opened: Counter[str] = Counter()
         self.connections_closed: Counter[tuple[str, str]] = Counter()
         self.clients_dropped: Counter[str] = Counter()
+        self.auth_failures: Counter[str] = Counter()
+        """Requests refused by access control, by reason (``plasma.auth.errors.REASONS``)."""
         self.source_up = 0
         self.source_reconnects = 0
         self.fanout = Histogram(FANOUT_BUCKETS)
@@ -153,6 +155,8 @@ class Metrics:
             bytes_written=self.bytes_written,
             clients_dropped=sum(self.clients_dropped.values()),
             clients_dropped_by_reason=dict(self.clients_dropped),
+            auth_failures=sum(self.auth_failures.values()),
+            auth_failures_by_reason=dict(self.auth_failures),
             source_up=self.source_up,
             source_reconnects=self.source_reconnects,
             event_fanout_seconds=self.fanout.snapshot(),

@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from plasma.auth.credentials import QUERY_PARAMETER, bearer_token, request_token
-from plasma.auth.errors import REASONS, AuthError, Forbidden, Unauthenticated
+from plasma.auth.errors import AuthError, Forbidden, Unauthenticated
 from plasma.auth.policy import Identity, TypeSet
 from plasma.auth.tokens import TokenVerifier
 from plasma.errors import ConfigError
@@ -27,13 +27,21 @@ SUBJECT_KEY = "plasma.auth.subject"
 MIN_STATIC_TOKEN = 16
 
 
-def refusal_response(error: AuthError) -> web.Response:
-    """The HTTP answer to a refusal: 401/403, ``WWW-Authenticate``, a one-line JSON reason."""
+def refusal_response(
+    error: AuthError, *, text: bool = False, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The HTTP answer to a refusal: 401/403, ``WWW-Authenticate``, and a one-line reason.
+
+    JSON (``{"error": ...}``) like the publish answers, or ``text`` like SSE's other refusals.
+    """
+    all_headers = {"WWW-Authenticate": error.www_authenticate, **(headers or {})}
+    if text:
+        return web.Response(status=error.status, text=f"{error}\n", headers=all_headers)
     return web.Response(
         status=error.status,
         body=orjson.dumps({"error": str(error)}),
         content_type="application/json",
-        headers={"WWW-Authenticate": error.www_authenticate},
+        headers=all_headers,
     )
 
 
@@ -55,15 +63,15 @@ class Authorizer:
         self.verifier = verifier
         self.public_types = public_types or TypeSet()
         self.cookie = cookie
-        self.failures = failures if failures is not None else dict.fromkeys(REASONS, 0)
-        for reason in REASONS:
-            self.failures.setdefault(reason, 0)
+        self.failures = failures if failures is not None else {}
+        """Refusals by reason (one of ``REASONS``); the server passes ``Metrics``' counter."""
 
     @property
     def enabled(self) -> bool:
         return self.verifier is not None
 
-    def _refuse(self, error: AuthError) -> AuthError:
+    def refused(self, error: AuthError) -> AuthError:
+        """Count a refusal by its reason (once per answer); return it, to raise or answer."""
         self.failures[error.reason] = self.failures.get(error.reason, 0) + 1
         return error
 
@@ -71,46 +79,51 @@ class Authorizer:
         """The identity of a presented token, ``None`` for no token; raise ``Unauthenticated``."""
         if token is None or self.verifier is None:
             return None
-        try:
-            return self.verifier.verify(token)
-        except AuthError as exc:
-            raise self._refuse(exc) from None
+        return self.verifier.verify(token)
 
-    def check_subscribe(self, token: str | None, types: Sequence[str]) -> Identity | None:
+    def check_subscribe(
+        self, token: str | None, types: Sequence[str], *, count: bool = True
+    ) -> Identity | None:
         """Allow a subscription to all of ``types`` or raise ``AuthError`` (nothing subscribed).
 
         A presented token must be valid even when every type is public: a client that sends a
-        broken token has a bug worth hearing about.
+        broken token has a bug worth hearing about. ``count=False`` when another check will
+        answer (and count) the same request.
         """
         if self.verifier is None:
             return None
+        try:
+            return self._check_subscribe(token, types)
+        except AuthError as exc:
+            raise (self.refused(exc) if count else exc) from None
+
+    def _check_subscribe(self, token: str | None, types: Sequence[str]) -> Identity | None:
         identity = self.authenticate(token)
         public = self.public_types
         for t in types:
             if public.allows(t):
                 continue
             if identity is None:
-                raise self._refuse(
-                    Unauthenticated(
-                        "missing", f"a token is required for event type {t!r}", had_token=False
-                    )
+                raise Unauthenticated(
+                    "missing", f"a token is required for event type {t!r}", had_token=False
                 )
             if not identity.grant.subscribe.allows(t):
-                raise self._refuse(Forbidden(f"the token does not allow subscribing to {t!r}"))
+                raise Forbidden(f"the token does not allow subscribing to {t!r}")
         return identity
 
     def check_publish_token(self, token: str | None, types: Sequence[str]) -> Identity | None:
         """Allow publishing ``types`` with ``token`` or raise ``AuthError``."""
         if self.verifier is None:
             return None
-        identity = self.authenticate(token)
-        if identity is None:
-            raise self._refuse(
-                Unauthenticated("missing", "publishing requires a token", had_token=False)
-            )
-        refused = identity.grant.publish.first_refused(types)
-        if refused is not None:
-            raise self._refuse(Forbidden(f"the token does not allow publishing {refused!r}"))
+        try:
+            identity = self.authenticate(token)
+            if identity is None:
+                raise Unauthenticated("missing", "publishing requires a token", had_token=False)
+            refused = identity.grant.publish.first_refused(types)
+            if refused is not None:
+                raise Forbidden(f"the token does not allow publishing {refused!r}")
+        except AuthError as exc:
+            raise self.refused(exc) from None
         return identity
 
     def check_publish(self, request: web.BaseRequest, types: Sequence[str]) -> web.Response | None:
@@ -128,7 +141,7 @@ class Authorizer:
                 query_tokens=request.query.getall(QUERY_PARAMETER, []),
             )
         except Unauthenticated as exc:
-            return refusal_response(self._refuse(exc))
+            return refusal_response(self.refused(exc))
         try:
             identity = self.check_publish_token(token, types)
         except AuthError as exc:
