@@ -593,11 +593,25 @@ def _auth(r: _Reader) -> AuthConfig:
         metrics_token=r["PLASMA_METRICS_TOKEN"],
         debug_token=r["PLASMA_DEBUG_TOKEN"],
     )
-    if auth.enabled or auth.metrics_token or auth.debug_token:
-        # Loads the keys once here, so a bad key file stops start-up before any worker starts.
-        from plasma.auth.setup import check_auth_config
+    if auth.enabled:
+        # Load the keys once here, so a bad key file stops start-up before any worker starts.
+        from plasma.auth.keys import load_keys
 
-        check_auth_config(auth)
+        load_keys(
+            secret=auth.jwt_secret,
+            public_key_file=auth.jwt_public_key_file,
+            jwks_file=auth.jwt_jwks_file,
+            algorithms=",".join(auth.jwt_algorithms),
+        )
+    if auth.metrics_token or auth.debug_token:
+        from plasma.auth.static import StaticToken
+
+        for name, token in (
+            ("PLASMA_METRICS_TOKEN", auth.metrics_token),
+            ("PLASMA_DEBUG_TOKEN", auth.debug_token),
+        ):
+            if token:
+                StaticToken(token, name)
     if not auth.enabled:
         for name in _NEEDS_A_KEY:
             if r.raw(name):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from plasma.auth import Authorizer, Forbidden, TypeSet, Unauthenticated
+from plasma.auth.authorizer import Authorizer
+from plasma.auth.errors import Forbidden, Unauthenticated
 from plasma.auth.keys import load_keys
+from plasma.auth.policy import TypeSet
 from plasma.auth.tokens import TokenVerifier
 from tests.auth.keyring import SECRET, mint
 

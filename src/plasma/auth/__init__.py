@@ -6,18 +6,3 @@ which event types a token may read or publish, ``credentials`` finds the token i
 and keeps it out of logs, and ``Authorizer`` is what the transports call. Everything here runs
 once per connection or request, never per delivery.
 """
-
-from plasma.auth.authorizer import Authorizer, StaticToken
-from plasma.auth.errors import AuthError, Forbidden, Unauthenticated
-from plasma.auth.policy import Grant, Identity, TypeSet
-
-__all__ = [
-    "AuthError",
-    "Authorizer",
-    "Forbidden",
-    "Grant",
-    "Identity",
-    "StaticToken",
-    "TypeSet",
-    "Unauthenticated",
-]

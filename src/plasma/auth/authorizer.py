@@ -7,24 +7,20 @@ refusal is counted by reason (``failures``, which ``/metrics`` reports).
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 
 import orjson
 from aiohttp import web
 
-from plasma.auth.credentials import QUERY_PARAMETER, bearer_token, request_token
+from plasma.auth.credentials import QUERY_PARAMETER, request_token
 from plasma.auth.errors import AuthError, Forbidden, Unauthenticated
 from plasma.auth.policy import Identity, TypeSet
 from plasma.auth.tokens import TokenVerifier
-from plasma.errors import ConfigError
 
-__all__ = ["SUBJECT_KEY", "Authorizer", "StaticToken", "refusal_response"]
+__all__ = ["SUBJECT_KEY", "Authorizer", "refusal_response"]
 
 SUBJECT_KEY = "plasma.auth.subject"
 """Where ``check_publish`` leaves the token's ``sub`` on the request, for the access log."""
-
-MIN_STATIC_TOKEN = 16
 
 
 def refusal_response(
@@ -149,43 +145,3 @@ class Authorizer:
         if identity is not None and identity.subject is not None:
             request[SUBJECT_KEY] = identity.subject
         return None
-
-
-class StaticToken:
-    """A fixed bearer token guarding one endpoint (``/metrics``, ``/debug``'s page).
-
-    Compared in constant time; accepted from ``Authorization: Bearer`` or ``access_token``
-    (a browser opening ``/debug`` cannot set a header).
-    """
-
-    def __init__(self, value: str, setting: str) -> None:
-        if len(value.encode()) < MIN_STATIC_TOKEN:
-            raise ConfigError(
-                setting,
-                f"<hidden, {len(value.encode())} bytes>",
-                f"at least {MIN_STATIC_TOKEN} bytes",
-            )
-        self._value = value.encode()
-
-    def __repr__(self) -> str:
-        return "StaticToken(<hidden>)"
-
-    def allows(self, request: web.BaseRequest) -> bool:
-        try:
-            presented = bearer_token(request.headers.get("Authorization"))
-        except Unauthenticated:
-            return False
-        if presented is None:
-            values = request.query.getall(QUERY_PARAMETER, [])
-            presented = values[0] if len(values) == 1 else None
-        if presented is None:
-            return False
-        return hmac.compare_digest(presented.encode(), self._value)
-
-    @staticmethod
-    def refusal(request: web.BaseRequest) -> web.Response:
-        had_token = "Authorization" in request.headers or QUERY_PARAMETER in request.query
-        error = Unauthenticated("missing", "this endpoint requires its token", had_token=had_token)
-        if had_token:
-            error = Unauthenticated("malformed", "the token does not match", had_token=True)
-        return refusal_response(error)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from plasma.auth.authorizer import Authorizer, StaticToken
+from plasma.auth.authorizer import Authorizer
 from plasma.auth.keys import load_keys
 from plasma.auth.policy import TypeSet
+from plasma.auth.static import StaticToken
 from plasma.auth.tokens import TokenVerifier
 
 if TYPE_CHECKING:
     from plasma.config import AuthConfig
 
-__all__ = ["EndpointTokens", "build_authorizer", "check_auth_config"]
+__all__ = ["EndpointTokens", "build_authorizer"]
 
 
 class EndpointTokens:
@@ -51,9 +52,3 @@ def build_authorizer(config: AuthConfig, failures: dict[str, int] | None = None)
         cookie=config.cookie,
         failures=failures,
     )
-
-
-def check_auth_config(config: AuthConfig) -> None:
-    """Raise ``ConfigError`` naming the variable if the settings cannot be served."""
-    build_authorizer(config)
-    EndpointTokens(config)
