@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import web, web_server
 
+from plasma.auth.setup import EndpointTokens, build_authorizer
 from plasma.config import Config, TLSConfig
-from plasma.errors import SourceGaveUp, StartupError
+from plasma.errors import ConfigError, SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
 from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
@@ -77,6 +78,11 @@ class Server:
             history_ttl=config.history_ttl,
             max_event_bytes=config.limits.max_event_size,
         )
+        try:
+            self.authorizer = build_authorizer(config.auth, self.metrics.auth_failures)
+            endpoint_tokens = EndpointTokens(config.auth)
+        except ConfigError as exc:  # checked with the settings; a key file changed since
+            raise StartupError(str(exc)) from None
         self.source = create_source(config.source, self.metrics)
         if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
             self.hub.archive = self.source
@@ -87,6 +93,7 @@ class Server:
             metrics=self.metrics,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            authorizer=self.authorizer,
         )
         self.grpc = GrpcTransport(
             self.hub,
@@ -103,6 +110,9 @@ class Server:
             event_query=config.sse.event_query,
             snapshot=self.whole_server_snapshot,
             peers_healthy=self._peers_healthy,
+            authorizer=self.authorizer,
+            metrics_token=endpoint_tokens.metrics,
+            debug_token=endpoint_tokens.debug,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None

@@ -19,7 +19,7 @@ import asyncio
 import enum
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import h2.connection
@@ -33,6 +33,7 @@ __all__ = [
     "RESPONSE_HEADERS",
     "CallHandler",
     "HandlerFactory",
+    "Metadata",
     "ServerStream",
     "Status",
     "StreamConnection",
@@ -55,10 +56,12 @@ class Status(enum.IntEnum):
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 def frame_message(message: bytes) -> bytes:
@@ -392,3 +395,6 @@ class ServerStream:
 
 
 HandlerFactory = Callable[[ServerStream], CallHandler]
+
+Metadata = Mapping[bytes, bytes]
+"""A call's request headers (its metadata), names lower-case."""
