@@ -73,7 +73,9 @@ def _entries(value: Any, key: str) -> TypeSet:
     if value is None:
         return TypeSet()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise Unauthenticated("claims", f"claim {CLAIM}.{key} must be a list of strings")
+        raise Unauthenticated(
+            "claims", f"the token's {CLAIM}.{key} claim must be a list of strings"
+        )
     return TypeSet.of(value)
 
 
@@ -87,7 +89,7 @@ def grant_from_claims(claims: Mapping[str, Any]) -> Grant:
     if value is None:
         return Grant()
     if not isinstance(value, dict):
-        raise Unauthenticated("claims", f"claim {CLAIM} must be an object")
+        raise Unauthenticated("claims", f"the token's {CLAIM} claim must be an object")
     return Grant(
         _entries(value.get("subscribe"), "subscribe"), _entries(value.get("publish"), "publish")
     )
