@@ -101,6 +101,7 @@ class Server:
             self.source,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            authorizer=self.authorizer,
         )
         self.meta = MetaEndpoints(
             self.source,
