@@ -109,3 +109,32 @@ async def test_cross_origin_event_source_with_credentials(
     finally:
         await context.close()
         await runner.cleanup()
+
+
+async def test_the_debug_page_publishes_and_watches_with_a_token(
+    browser: Any, plasma: Callable[..., PlasmaProcess]
+) -> None:
+    server = plasma(
+        PLASMA_AUTH_JWT_SECRET=SECRET, PLASMA_DEBUG="true", PLASMA_SUBSCRIBER_MOCK_INTERVAL="1h"
+    )
+    page = await browser.new_page()
+    try:
+        await page.goto(server.url + "/debug")
+        await page.fill("#type", "user:42:notifications")
+        await page.click("#publish button[type=submit]")
+        await page.wait_for_function("document.querySelector('#result').textContent !== ''")
+        assert (await page.inner_text("#result")).startswith("401")
+        await page.fill("#token", token(publish=True))
+        await page.fill("#types", "user:42")
+        await page.click("#watch button[type=submit]")
+        await page.wait_for_function(
+            "document.querySelector('#log').textContent.includes('subscribed')"
+        )
+        await page.fill("#data", '{"from": "the page"}')
+        await page.click("#publish button[type=submit]")
+        await page.wait_for_function(
+            "document.querySelector('#log').textContent.includes('the page')"
+        )
+        assert (await page.inner_text("#result")).startswith("200")
+    finally:
+        await page.close()
