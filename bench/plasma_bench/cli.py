@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from plasma_bench import __version__
+from plasma_bench.auth import AUTH_ALGORITHMS, server_auth
 from plasma_bench.clients import raise_nofile
 from plasma_bench.pool import ClientPool
 from plasma_bench.report import (
@@ -130,6 +131,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="parse every frame fully (de-chunk, JSON, protobuf); default in --smoke",
     )
     p.add_argument("--workers", type=int, default=None, help="PLASMA_WORKERS for the server")
+    p.add_argument(
+        "--auth",
+        choices=AUTH_ALGORITHMS,
+        default=None,
+        help="access control on: the server verifies a JWT of this algorithm on every "
+        "connection, each minted for its own user (so no cache helps)",
+    )
     p.add_argument(
         "--env",
         action="append",
@@ -274,6 +282,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             f"is {hard:,} here and one server process needs one descriptor per connection"
         )
         idle = hard - 64
+    auth_env: dict[str, str] = {}
+    auth: dict[str, str] | None = None
+    if args.auth:
+        if args.target or args.against:
+            raise SystemExit("bench: --auth starts its own plasma: not with --target or --against")
+        auth_env, auth = server_auth(args.auth, out)
     settings = Settings(
         scenarios=scenarios,
         sse_levels=args.sse,
@@ -293,6 +307,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         out=out,
         profile=args.profile,
         notes=notes,
+        auth=auth,
     )
     started = time.time()
     results: dict[str, Any] = {
@@ -300,7 +315,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "argv": sys.argv[1:],
         "machine": machine(),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(settings).items()
+            if k != "auth"  # holds the key: never written out
+        }
+        | {"auth": args.auth},
         "notes": notes,
         "runs": [],
     }
@@ -337,7 +357,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
                 runs.append(("plasma", f"plasma@{host}:{port}", make_external))
             else:
-                env = dict(kv.split("=", 1) for kv in args.env)
+                env = {**auth_env, **dict(kv.split("=", 1) for kv in args.env)}
                 if args.workers is not None:
                     env["PLASMA_WORKERS"] = str(args.workers)
                 assert redis_addr is not None
@@ -347,6 +367,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     return PlasmaServer(addr, args.channel, env).start()
 
                 label = "plasma" + (f" w={args.workers}" if args.workers is not None else "")
+                label += f" auth={args.auth}" if args.auth else ""
                 runs.append(("plasma", label, make_plasma))
         if "nchan" in args.against:
             why = nchan_available()

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from plasma_bench.auth import TokenMinter
 from plasma_bench.wire import EVENT_RE, grpc_frame, pb_payload_decode, pb_request
 
 __all__ = ["client_main", "raise_nofile"]
@@ -315,17 +316,29 @@ class SSEClient(Subscriber, asyncio.Protocol):
 class GrpcClient(Subscriber, asyncio.Protocol):
     """One HTTP/2 connection carrying one ``/proto.StreamService/Events`` server stream."""
 
-    __slots__ = ("_h2", "_msg_buf", "_stream_id", "_unacked", "authority", "status", "types")
+    __slots__ = (
+        "_h2",
+        "_msg_buf",
+        "_stream_id",
+        "_unacked",
+        "authority",
+        "status",
+        "token",
+        "types",
+    )
 
     _WINDOW = 2**31 - 1
 
-    def __init__(self, proc: ClientProcess, authority: str, types: list[str]) -> None:
+    def __init__(
+        self, proc: ClientProcess, authority: str, types: list[str], token: str | None = None
+    ) -> None:
         super().__init__(proc)
         import h2.config
         import h2.connection
 
         self.authority = authority
         self.types = types
+        self.token = token
         self._h2 = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -355,6 +368,7 @@ class GrpcClient(Subscriber, asyncio.Protocol):
                 ("content-type", "application/grpc"),
                 ("te", "trailers"),
                 ("user-agent", "plasma-bench"),
+                *([("authorization", f"Bearer {self.token}")] if self.token else []),
             ],
         )
         c.send_data(sid, grpc_frame(pb_request(self.types)), end_stream=True)
@@ -499,6 +513,7 @@ class ClientProcess:
         concurrency: int,
         timeout: float,
         strict: bool,
+        auth: dict[str, str] | None = None,
     ) -> None:
         self.strict = strict
         self.event_type = types[0]
@@ -507,19 +522,27 @@ class ClientProcess:
         started = time.monotonic()
         deadline = started + timeout
         authority = f"{host}:{port}"
-        request = (
+        head = (
             f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n"
-            f"Cache-Control: no-cache\r\nUser-Agent: plasma-bench\r\n\r\n"
-        ).encode()
+            f"Cache-Control: no-cache\r\nUser-Agent: plasma-bench\r\n"
+        )
+        request = (head + "\r\n").encode()
+        minter = TokenMinter(auth, types) if auth else None
         errors: dict[str, int] = {}
 
         async def one() -> bool:
             async with sem:
                 sub: Subscriber
+                token = minter.mint() if minter is not None else None
                 if kind == "sse":
-                    sub = SSEClient(self, request)
+                    if token is not None:
+                        sub = SSEClient(
+                            self, f"{head}Authorization: Bearer {token}\r\n\r\n".encode()
+                        )
+                    else:
+                        sub = SSEClient(self, request)
                 else:
-                    sub = GrpcClient(self, authority, types)
+                    sub = GrpcClient(self, authority, types, token)
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

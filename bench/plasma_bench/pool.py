@@ -103,6 +103,7 @@ class ClientPool:
         strict: bool,
         timeout: float,
         concurrency: int = 200,
+        auth: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Open ``count`` more connections, split over the processes; wait for all."""
         shares = [
@@ -121,6 +122,7 @@ class ClientPool:
                 concurrency=concurrency,
                 timeout=timeout,
                 strict=strict,
+                auth=auth,
             )
         replies = await self._gather("connected", range(self.size), timeout + 30)
         errors: dict[str, int] = {}

@@ -48,6 +48,8 @@ class Settings:
     out: Path
     profile: bool = False
     notes: list[str] = field(default_factory=list)
+    auth: dict[str, str] | None = None
+    """With ``--auth``: the algorithm and key the clients mint their tokens with."""
 
 
 class Meter:
@@ -218,6 +220,7 @@ class TargetRun:
             types=[self.s.event_type],
             strict=self.s.strict,
             timeout=self.s.connect_timeout,
+            auth=self.s.auth,
         )
         r["seconds"] = round(time.monotonic() - started, 3)
         r["cpu"] = Meter.delta(before, meter.sample())
@@ -227,6 +230,11 @@ class TargetRun:
         r["per_second"] = round(r["ok"] / r["seconds"], 1) if r["seconds"] else None
         if r["failed"]:
             self.log(f"  ! {r['failed']} of {count} {kind} connections failed: {r['errors']}")
+        if count > 1:
+            self.log(
+                f"  connected {r['ok']} {kind}: {r['per_second']}/s, server "
+                f"{r['server_cpu_us_per_connection']} us CPU per connection"
+            )
         return r
 
     async def _warmup(self, timeout: float = 15.0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SETTINGS",
+    "AuthConfig",
     "Config",
     "LimitsConfig",
     "LogConfig",
@@ -180,6 +181,15 @@ def _parse_level(text: str) -> LogLevel:
 def _parse_name(text: str) -> str:
     if not text.strip():
         raise ValueError("empty name")
+    return text.strip()
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _parse_cookie_name(text: str) -> str:
+    if not _COOKIE_NAME.fullmatch(text.strip()):
+        raise ValueError(f"invalid cookie name {text!r}")
     return text.strip()
 
 
@@ -458,6 +468,48 @@ SETTINGS: tuple[Setting, ...] = (
     _string(
         "PLASMA_METRICS_SYSLOG_ADDR", "", "syslog `host:port` or socket path; empty: local"
     ),
+    _string(
+        "PLASMA_AUTH_JWT_SECRET", "",
+        "HMAC secret (32 bytes or more) verifying JWTs; setting a key turns access control on",
+        secret=True,
+    ),
+    _string(
+        "PLASMA_AUTH_JWT_PUBLIC_KEY_FILE", "",
+        "PEM public key (RSA, EC, Ed25519) verifying JWTs, instead of a secret", kind="path",
+    ),
+    _string(
+        "PLASMA_AUTH_JWT_JWKS_FILE", "",
+        "JWKS file of public keys chosen by `kid`, re-read when it changes; instead of the above",
+        kind="path",
+    ),
+    Setting(
+        "PLASMA_AUTH_JWT_ALGORITHMS", "", "list",
+        "JWT algorithms accepted, comma-separated; empty: every one the key can verify",
+        _parse_list,
+    ),
+    _string("PLASMA_AUTH_JWT_AUDIENCE", "", "when set, a token's `aud` must contain it"),
+    _string("PLASMA_AUTH_JWT_ISSUER", "", "when set, a token's `iss` must equal it"),
+    _duration(
+        "PLASMA_AUTH_JWT_LEEWAY", "5s", "clock skew allowed on a token's `exp` and `nbf`",
+        zero=True,
+    ),
+    Setting(
+        "PLASMA_AUTH_PUBLIC_TYPES", "", "list",
+        "type prefixes anyone may subscribe to without a token, comma-separated", _parse_list,
+    ),
+    Setting(
+        "PLASMA_AUTH_COOKIE", "plasmaAuthorization", "string",
+        "cookie an SSE request may carry its token in", _parse_cookie_name,
+        "a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+    ),
+    _string(
+        "PLASMA_METRICS_TOKEN", "",
+        "bearer token `/metrics` requires (16 bytes or more); empty: open", secret=True,
+    ),
+    _string(
+        "PLASMA_DEBUG_TOKEN", "",
+        "bearer token the `/debug` page requires (16 bytes or more); empty: open", secret=True,
+    ),
 )  # fmt: skip
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -656,6 +708,82 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    """Access control (JWT); on when one key is set. Secrets and tokens never appear in ``repr``."""
+
+    jwt_secret: str = field(default=_d("PLASMA_AUTH_JWT_SECRET"), repr=False)
+    jwt_public_key_file: str = _d("PLASMA_AUTH_JWT_PUBLIC_KEY_FILE")
+    jwt_jwks_file: str = _d("PLASMA_AUTH_JWT_JWKS_FILE")
+    jwt_algorithms: tuple[str, ...] = _d("PLASMA_AUTH_JWT_ALGORITHMS")
+    jwt_audience: str = _d("PLASMA_AUTH_JWT_AUDIENCE")
+    jwt_issuer: str = _d("PLASMA_AUTH_JWT_ISSUER")
+    jwt_leeway: float = _d("PLASMA_AUTH_JWT_LEEWAY")
+    public_types: tuple[str, ...] = _d("PLASMA_AUTH_PUBLIC_TYPES")
+    cookie: str = _d("PLASMA_AUTH_COOKIE")
+    metrics_token: str = field(default=_d("PLASMA_METRICS_TOKEN"), repr=False)
+    debug_token: str = field(default=_d("PLASMA_DEBUG_TOKEN"), repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file)
+
+
+# Settings that mean nothing without a key: set alone, they would suggest access control is on.
+_NEEDS_A_KEY = (
+    "PLASMA_AUTH_JWT_ALGORITHMS",
+    "PLASMA_AUTH_JWT_AUDIENCE",
+    "PLASMA_AUTH_JWT_ISSUER",
+    "PLASMA_AUTH_PUBLIC_TYPES",
+)
+
+
+def _auth(r: _Reader) -> AuthConfig:
+    auth = AuthConfig(
+        jwt_secret=r["PLASMA_AUTH_JWT_SECRET"],
+        jwt_public_key_file=r["PLASMA_AUTH_JWT_PUBLIC_KEY_FILE"],
+        jwt_jwks_file=r["PLASMA_AUTH_JWT_JWKS_FILE"],
+        jwt_algorithms=r["PLASMA_AUTH_JWT_ALGORITHMS"],
+        jwt_audience=r["PLASMA_AUTH_JWT_AUDIENCE"],
+        jwt_issuer=r["PLASMA_AUTH_JWT_ISSUER"],
+        jwt_leeway=r["PLASMA_AUTH_JWT_LEEWAY"],
+        public_types=r["PLASMA_AUTH_PUBLIC_TYPES"],
+        cookie=r["PLASMA_AUTH_COOKIE"],
+        metrics_token=r["PLASMA_METRICS_TOKEN"],
+        debug_token=r["PLASMA_DEBUG_TOKEN"],
+    )
+    if auth.enabled:
+        # Load the keys once here, so a bad key file stops start-up before any worker starts.
+        from plasma.auth.keys import load_keys
+
+        load_keys(
+            secret=auth.jwt_secret,
+            public_key_file=auth.jwt_public_key_file,
+            jwks_file=auth.jwt_jwks_file,
+            algorithms=",".join(auth.jwt_algorithms),
+        )
+    if auth.metrics_token or auth.debug_token:
+        from plasma.auth.static import StaticToken
+
+        for name, token in (
+            ("PLASMA_METRICS_TOKEN", auth.metrics_token),
+            ("PLASMA_DEBUG_TOKEN", auth.debug_token),
+        ):
+            if token:
+                StaticToken(token, name)
+    if not auth.enabled:
+        for name in _NEEDS_A_KEY:
+            if r.raw(name):
+                raise ConfigError(
+                    name,
+                    r.raw(name),
+                    "to be unset without a key: set PLASMA_AUTH_JWT_SECRET, "
+                    "PLASMA_AUTH_JWT_PUBLIC_KEY_FILE or PLASMA_AUTH_JWT_JWKS_FILE to turn access "
+                    "control on",
+                )
+    return auth
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything plasma needs to start, e.g. ``Config.from_env({"PLASMA_PORT": "9000"})``."""
 
@@ -671,6 +799,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     history_size: int = _d("PLASMA_HISTORY_SIZE")
     history_ttl: float = _d("PLASMA_HISTORY_TTL")
     client_buffer: int = _d("PLASMA_CLIENT_BUFFER")
@@ -779,6 +908,7 @@ class Config:
             tls=tls,
             metrics=r.section(MetricsConfig, "PLASMA_METRICS_"),
             limits=r.section(LimitsConfig, "PLASMA_"),
+            auth=_auth(r),
             history_size=r["PLASMA_HISTORY_SIZE"],
             history_ttl=r["PLASMA_HISTORY_TTL"],
             client_buffer=r["PLASMA_CLIENT_BUFFER"],

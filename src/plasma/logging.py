@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import orjson
 
+from plasma.auth.credentials import RedactTokens
 from plasma.config import LogConfig
 from plasma.errors import StartupError
 
@@ -103,6 +104,7 @@ class _StreamHandler(logging.StreamHandler[IO[str]]):
 def _handler(config: LogConfig, variable: str) -> logging.Handler:
     handler = _StreamHandler(open_log_stream(config.out, variable))
     handler.setFormatter(JSONFormatter())
+    handler.addFilter(RedactTokens())  # no token in any line, whoever logs it
     handler.setLevel(_LEVELS[config.level])
     return handler
 

@@ -95,6 +95,8 @@ class Metrics:
         self._source_up = 0
         self.source_changed: Callable[[], None] | None = None
         """Called when ``source_up`` changes: the health monitor probes at once."""
+        self.auth_failures: Counter[str] = Counter()
+        """Requests refused by access control, by reason (``plasma.auth.errors.REASONS``)."""
         self.source_reconnects = 0
         self.source_gaps = 0
         """Times the source announced lost events (a pub/sub subscription was re-made)."""
@@ -171,6 +173,8 @@ class Metrics:
             bytes_written=self.bytes_written,
             clients_dropped=sum(self.clients_dropped.values()),
             clients_dropped_by_reason=dict(self.clients_dropped),
+            auth_failures=sum(self.auth_failures.values()),
+            auth_failures_by_reason=dict(self.auth_failures),
             source_up=self.source_up,
             source_reconnects=self.source_reconnects,
             source_gaps=self.source_gaps,

@@ -13,8 +13,9 @@ from typing import Any
 
 from aiohttp import web, web_server
 
+from plasma.auth.setup import EndpointTokens, build_authorizer
 from plasma.config import Config, TLSConfig
-from plasma.errors import SourceGaveUp, StartupError
+from plasma.errors import ConfigError, SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
 from plasma.health import HealthMonitor
 from plasma.hub import Archive, Hub
@@ -79,6 +80,11 @@ class Server:
             history_ttl=config.history_ttl,
             max_event_bytes=config.limits.max_event_size,
         )
+        try:
+            self.authorizer = build_authorizer(config.auth, self.metrics.auth_failures)
+            endpoint_tokens = EndpointTokens(config.auth)
+        except ConfigError as exc:  # checked with the settings; a key file changed since
+            raise StartupError(str(exc)) from None
         self.source = create_source(config.source, self.metrics)
         if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
             self.hub.archive = self.source
@@ -89,6 +95,7 @@ class Server:
             metrics=self.metrics,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            authorizer=self.authorizer,
         )
         self.health = HealthMonitor(self.source, peers_healthy=self._peers_healthy)
         """The one health state /hc and the gRPC health service answer from."""
@@ -99,6 +106,7 @@ class Server:
             self.health,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            authorizer=self.authorizer,
         )
         self.meta = MetaEndpoints(
             self.source,
@@ -108,6 +116,9 @@ class Server:
             event_query=config.sse.event_query,
             health=self.health,
             snapshot=self.whole_server_snapshot,
+            authorizer=self.authorizer,
+            metrics_token=endpoint_tokens.metrics,
+            debug_token=endpoint_tokens.debug,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None

@@ -318,8 +318,10 @@ def requests():
 
 import threading
 threading_event = threading.Event()
+token = sys.argv[2] if len(sys.argv) > 2 else ""
 with grpc.insecure_channel(sys.argv[1]) as channel:
-    call = pb_grpc.StreamServiceStub(channel).Events(requests())
+    metadata = [("authorization", "Bearer " + token)] if token else None
+    call = pb_grpc.StreamServiceStub(channel).Events(requests(), metadata=metadata)
     try:
         call.initial_metadata()
         out({"ready": True})
@@ -339,12 +341,14 @@ class V2Client:
         self.proc = proc
 
     @classmethod
-    async def start(cls, stub_dir: Path, port: int) -> V2Client:
+    async def start(cls, stub_dir: Path, port: int, token: str = "") -> V2Client:
+        """``token``: sent as the call's ``authorization: Bearer`` metadata."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             _V2_CLIENT,
             f"127.0.0.1:{port}",
+            *([token] if token else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={"PYTHONPATH": str(stub_dir), "PATH": "/usr/bin:/bin"},

@@ -4,7 +4,7 @@
 ``application/openmetrics-text`` or ``text/plain`` (as Prometheus does). The exposition is
 built from a snapshot (plain data, possibly merged across worker processes) by a collector
 that prometheus-client's own encoders render; the hot path never touches prometheus-client.
-Every series is low-cardinality: labels are transports, close reasons and skip reasons only.
+Every series is low-cardinality: labels are transports and close, skip and refusal reasons only.
 """
 
 from __future__ import annotations
@@ -159,6 +159,14 @@ class SnapshotCollector(Collector):
             "Clients cut off by the server, by reason.",
             "reason",
             s.get("clients_dropped_by_reason", {}),
+        )
+        yield _by_label(
+            CounterMetricFamily,
+            "plasma_auth_failures",
+            "Requests refused by access control (401/403, gRPC UNAUTHENTICATED/PERMISSION_DENIED), "
+            "by reason.",
+            "reason",
+            s.get("auth_failures_by_reason", {}),
         )
         yield _counter(
             "plasma_bytes_written", "Bytes written to client sockets.", s, "bytes_written"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from plasma.auth.authorizer import SUBJECT_KEY
 from plasma.logging import ACCESS_LOGGER
 
 __all__ = [
@@ -32,20 +33,21 @@ def remote_address(request: web.BaseRequest) -> str:
 
 
 def log_request(request: web.BaseRequest, status: int, started: float) -> None:
-    """One line for a plain (non-stream) HTTP request."""
+    """One line for a plain (non-stream) HTTP request; with the token's ``sub`` when known."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    access_log.info(
-        "request",
-        extra={
-            "remote": remote_address(request),
-            "method": request.method,
-            "path": request.path,
-            "status": status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "user_agent": request.headers.get("User-Agent", ""),
-        },
-    )
+    extra = {
+        "remote": remote_address(request),
+        "method": request.method,
+        "path": request.path,
+        "status": status,
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        "user_agent": request.headers.get("User-Agent", ""),
+    }
+    subject = request.get(SUBJECT_KEY)
+    if subject is not None:
+        extra["subject"] = subject
+    access_log.info("request", extra=extra)
 
 
 def log_stream_end(
@@ -60,28 +62,30 @@ def log_stream_end(
     events: int,
     reason: str,
     status: int | str = 200,
+    subject: str | None = None,
 ) -> None:
-    """One line when a stream ends: who, what they asked for, how long, how much was sent.
+    """One line when a stream ends: who (with the token's ``sub``, never the token), what they
+    asked for, how long, how much was sent.
 
     It carries the request fields of every access line (``log_request``'s), then the stream's.
     """
     if not access_log.isEnabledFor(logging.INFO):
         return
-    access_log.info(
-        "stream closed",
-        extra={
-            "transport": transport,
-            "remote": remote,
-            "method": method,
-            "path": path,
-            "status": status,
-            "user_agent": user_agent,
-            "types": list(types),
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "events_sent": events,
-            "reason": reason,
-        },
-    )
+    extra: dict[str, object] = {
+        "transport": transport,
+        "remote": remote,
+        "method": method,
+        "path": path,
+        "status": status,
+        "user_agent": user_agent,
+        "types": list(types),
+        "duration_ms": round((time.monotonic() - started) * 1000, 3),
+        "events_sent": events,
+        "reason": reason,
+    }
+    if subject is not None:
+        extra["subject"] = subject
+    access_log.info("stream closed", extra=extra)
 
 
 def log_lines_suppressed(*, transport: str, remote: str, lines: int) -> None:

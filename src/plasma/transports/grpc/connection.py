@@ -36,7 +36,13 @@ from plasma.hub import Flushable
 from plasma.metrics import Metrics
 from plasma.transports.access import log_lines_suppressed
 from plasma.transports.grpc.guard import LINGER, TINY_WINDOW, WORK_PER_TURN, ReadGuard
-from plasma.transports.grpc.stream import CallHandler, ServerStream, Status, parse_timeout
+from plasma.transports.grpc.stream import (
+    CallHandler,
+    Metadata,
+    ServerStream,
+    Status,
+    parse_timeout,
+)
 from plasma.transports.listener import H2_PREFACE
 
 __all__ = ["HANDSHAKE_TIMEOUT", "ConnectionHost", "GrpcConnection"]
@@ -54,7 +60,9 @@ class ConnectionHost(Protocol):
     metrics: Metrics
     client_buffer: int
 
-    def open_call(self, stream: ServerStream, path: bytes) -> CallHandler | None:
+    def open_call(
+        self, stream: ServerStream, path: bytes, metadata: Metadata
+    ) -> CallHandler | None:
         """The handler of a new call, or ``None`` once the stream is finished (refused)."""
 
     def mark_dirty(self, target: Flushable) -> None:
@@ -286,7 +294,7 @@ class GrpcConnection(asyncio.Protocol):
         except ValueError as exc:
             stream.finish(Status.INTERNAL, str(exc))  # what grpc-go answers
             return
-        handler = self.host.open_call(stream, path)
+        handler = self.host.open_call(stream, path, headers)
         if handler is not None:
             stream.attach(handler)
             if seconds is not None:

@@ -5,6 +5,11 @@ subscription set; an empty list unsubscribes (the very first Request must name a
 ``forceClose`` ends the stream with status OK; the client's half-close does not end it (a 2017
 client half-closes right after its one Request). The response headers go out once the first
 Request is applied, so a client that has them knows it is subscribed.
+
+With access control on, every Request's types are checked against the call's token (its
+``authorization`` metadata): a refusal ends the call with ``UNAUTHENTICATED`` or
+``PERMISSION_DENIED``, nothing subscribed. A token that expires ends the call then, with
+``UNAUTHENTICATED`` "token expired" (one timer per call, set at the first subscription).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
+from plasma.auth.authorizer import Authorizer
+from plasma.auth.credentials import bearer_token
+from plasma.auth.errors import AuthError
 from plasma.config import LimitsConfig
 from plasma.events import Event
 from plasma.hub import Hub
@@ -65,21 +73,36 @@ class EventsCall:
     """One Events stream: applies each Request to its subscription, and reports its end."""
 
     __slots__ = (
+        "_authorization",
+        "_authorizer",
         "_busy",
+        "_expiry",
         "_hub",
         "_limits",
         "_metrics",
         "_requests",
         "_started",
         "_stream",
+        "_subject",
         "_subscribed",
         "_types",
     )
 
     def __init__(
-        self, stream: ServerStream, hub: Hub, metrics: Metrics, limits: LimitsConfig
+        self,
+        stream: ServerStream,
+        hub: Hub,
+        metrics: Metrics,
+        limits: LimitsConfig,
+        *,
+        authorizer: Authorizer | None = None,
+        authorization: str | None = None,
     ) -> None:
         self._stream = stream
+        self._authorizer = authorizer or Authorizer(None)
+        self._authorization = authorization
+        self._subject: str | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._hub = hub
         self._metrics = metrics
         self._limits = limits
@@ -132,6 +155,8 @@ class EventsCall:
             except InvalidSubscription as exc:
                 stream.finish(Status.INVALID_ARGUMENT, str(exc), reason="invalid")
                 return
+            if not self._authorize(types):
+                return
             self._types = types
             self._subscribed = True
             if request.lastEventId:
@@ -140,6 +165,32 @@ class EventsCall:
                 return
             hub.subscribe(stream, types)
             stream.start()
+
+    def _authorize(self, types: tuple[str, ...]) -> bool:
+        """Whether the call's token may read ``types``; if not, end the call and say why."""
+        authorizer = self._authorizer
+        if not authorizer.enabled:
+            return True
+        try:
+            token = bearer_token(self._authorization)
+            identity = authorizer.check_subscribe(token, types, count=False)
+        except AuthError as exc:
+            authorizer.refused(exc)
+            if exc.status == 403:
+                self._stream.finish(Status.PERMISSION_DENIED, str(exc), reason="forbidden")
+            else:
+                self._stream.finish(Status.UNAUTHENTICATED, str(exc), reason="unauthenticated")
+            return False
+        if identity is not None:
+            self._subject = identity.subject
+            if identity.expires_at is not None and self._expiry is None:
+                delay = max(0.0, identity.expires_at - time.time())
+                self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+        return True
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self._stream.finish(Status.UNAUTHENTICATED, "token expired", reason="expired")
 
     async def _resume(self, types: tuple[str, ...], last_event_id: str) -> None:
         stream = self._stream
@@ -156,6 +207,9 @@ class EventsCall:
         self._apply_requests()
 
     def on_end(self, reason: str) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         stream = self._stream
         self._hub.unsubscribe(stream)
         self._metrics.connection_closed("grpc", reason)
@@ -174,4 +228,5 @@ class EventsCall:
             events=stream.messages_sent,
             reason=reason,
             status=stream.status.name,
+            subject=self._subject,
         )

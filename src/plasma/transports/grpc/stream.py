@@ -23,7 +23,7 @@ import asyncio
 import enum
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 import h2.connection
@@ -38,6 +38,7 @@ __all__ = [
     "RESPONSE_HEADERS",
     "CallHandler",
     "HandlerFactory",
+    "Metadata",
     "ServerStream",
     "Status",
     "StreamConnection",
@@ -60,10 +61,12 @@ class Status(enum.IntEnum):
     INVALID_ARGUMENT = 3
     DEADLINE_EXCEEDED = 4
     NOT_FOUND = 5
+    PERMISSION_DENIED = 7
     RESOURCE_EXHAUSTED = 8
     UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
+    UNAUTHENTICATED = 16
 
 
 def frame_message(message: bytes) -> bytes:
@@ -457,3 +460,6 @@ class ServerStream:
 
 
 HandlerFactory = Callable[[ServerStream], CallHandler]
+
+Metadata = Mapping[bytes, bytes]
+"""A call's request headers (its metadata), names lower-case."""

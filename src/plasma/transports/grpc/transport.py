@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from plasma.auth.authorizer import Authorizer
 from plasma.config import LimitsConfig
 from plasma.health import HealthMonitor
 from plasma.hub import Flushable, Hub
@@ -21,16 +23,31 @@ from plasma.transports.grpc import proto
 from plasma.transports.grpc.connection import GrpcConnection
 from plasma.transports.grpc.events import EVENTS_PATH, EventsCall
 from plasma.transports.grpc.services import HealthService, ReflectionCall
-from plasma.transports.grpc.stream import CallHandler, HandlerFactory, ServerStream, Status
+from plasma.transports.grpc.stream import (
+    CallHandler,
+    HandlerFactory,
+    Metadata,
+    ServerStream,
+    Status,
+)
 
 __all__ = ["GrpcTransport"]
 
 _CLOSE_TIMEOUT = 1.0
 
 
+CallFactory = Callable[[ServerStream, Metadata], CallHandler]
+"""Makes the handler of a call from its stream and metadata."""
+
+
+def _plain(factory: HandlerFactory) -> CallFactory:
+    """A call whose handler does not read the metadata."""
+    return lambda stream, _metadata: factory(stream)
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
-    factory: HandlerFactory
+    factory: CallFactory
     counted: bool = False
     """An event stream: counts against ``PLASMA_MAX_CONNECTIONS`` and is refused at capacity."""
 
@@ -46,8 +63,10 @@ class GrpcTransport:
         *,
         client_buffer: int,
         limits: LimitsConfig | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.hub = hub
+        self.authorizer = authorizer or Authorizer(None)
         self.limits = limits or LimitsConfig()
         self.metrics = metrics
         self.client_buffer = client_buffer
@@ -55,18 +74,28 @@ class GrpcTransport:
         self.health = HealthService(health)
         self._routes: dict[bytes, _Route] = {
             EVENTS_PATH.encode(): _Route(self._events, counted=True),
-            b"/grpc.health.v1.Health/Check": _Route(self.health.check),
-            b"/grpc.health.v1.Health/List": _Route(self.health.list),
-            b"/grpc.health.v1.Health/Watch": _Route(self.health.watch),
-            b"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _Route(ReflectionCall),
+            b"/grpc.health.v1.Health/Check": _Route(_plain(self.health.check)),
+            b"/grpc.health.v1.Health/List": _Route(_plain(self.health.list)),
+            b"/grpc.health.v1.Health/Watch": _Route(_plain(self.health.watch)),
+            b"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _Route(
+                _plain(ReflectionCall)
+            ),
             b"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _Route(
-                ReflectionCall
+                _plain(ReflectionCall)
             ),
         }
         proto.load_all()  # here, not at import, and not on the first client's call
 
-    def _events(self, stream: ServerStream) -> EventsCall:
-        return EventsCall(stream, self.hub, self.metrics, self.limits)
+    def _events(self, stream: ServerStream, metadata: Metadata) -> EventsCall:
+        authorization = metadata.get(b"authorization")
+        return EventsCall(
+            stream,
+            self.hub,
+            self.metrics,
+            self.limits,
+            authorizer=self.authorizer,
+            authorization=authorization.decode("latin-1") if authorization is not None else None,
+        )
 
     def at_capacity(self) -> bool:
         """Whether a new stream would pass ``PLASMA_MAX_CONNECTIONS`` (SSE and gRPC together)."""
@@ -78,7 +107,9 @@ class GrpcTransport:
 
     # --- what a connection asks of its host (``ConnectionHost``) -----------------------------
 
-    def open_call(self, stream: ServerStream, path: bytes) -> CallHandler | None:
+    def open_call(
+        self, stream: ServerStream, path: bytes, metadata: Metadata
+    ) -> CallHandler | None:
         route = self._routes.get(path)
         if route is None:
             stream.finish(Status.UNIMPLEMENTED, f"unknown method {stream.path}")
@@ -86,7 +117,7 @@ class GrpcTransport:
         if route.counted and self.at_capacity():
             stream.finish(Status.RESOURCE_EXHAUSTED, "too many connections; retry later")
             return None
-        return route.factory(stream)
+        return route.factory(stream, metadata)
 
     def mark_dirty(self, target: Flushable) -> None:
         self.hub.mark_dirty(target)

@@ -1,4 +1,9 @@
-"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``."""
+"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``.
+
+With access control on, ``POST /debug`` needs a token that may publish the event's type
+(``Authorizer.check_publish``); ``/metrics`` and ``/debug``'s page may each require a fixed
+bearer token of their own (``PLASMA_METRICS_TOKEN``, ``PLASMA_DEBUG_TOKEN``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from plasma.auth.authorizer import Authorizer, refusal_response
+from plasma.auth.static import StaticToken
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import parse_event
 from plasma.exporters.prometheus import FORMATS, render_exposition, wants_exposition
@@ -47,9 +54,15 @@ class MetaEndpoints:
         event_query: str,
         health: HealthMonitor,
         snapshot: SnapshotSource | None = None,
+        authorizer: Authorizer | None = None,
+        metrics_token: StaticToken | None = None,
+        debug_token: StaticToken | None = None,
     ) -> None:
         self._source = source
         self._health = health
+        self._authorizer = authorizer or Authorizer(None)
+        self._metrics_token = metrics_token
+        self._debug_token = debug_token
         self._event_query = event_query
         self._metrics = metrics
         self._snapshot: SnapshotSource = snapshot or metrics.snapshot
@@ -74,12 +87,25 @@ class MetaEndpoints:
         if path == "/hc":
             return await self._allow(request, ("GET", "HEAD"), self.health)
         if path == "/metrics":
+            if (refusal := self._guard(request, self._metrics_token)) is not None:
+                return refusal
             return await self._allow(request, ("GET", "HEAD"), self.metrics)
         if path == "/debug" and self._debug:
+            # POST publishes: with access control on, its own check (a publish grant) applies.
+            publish_checked = request.method == "POST" and self._authorizer.enabled
+            refusal = None if publish_checked else self._guard(request, self._debug_token)
+            if refusal is not None:
+                return refusal
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
         if self._event_query in request.query:  # a stream URL opened without the header
             return web.Response(status=404, text=_NOT_A_STREAM)
         return web.Response(status=404, text="404 page not found\n")
+
+    def _guard(self, request: web.BaseRequest, token: StaticToken | None) -> web.Response | None:
+        """The 401 for a request without the endpoint's token; ``None`` when it may pass."""
+        if token is None or token.allows(request):
+            return None
+        return refusal_response(self._authorizer.refused(token.refusal(request)), text=True)
 
     @staticmethod
     async def _allow(
@@ -128,9 +154,11 @@ class MetaEndpoints:
             return web.Response(body=self._debug_page, content_type="text/html", charset="utf-8")
         raw = await request.read()
         try:
-            parse_event(raw)
+            event = parse_event(raw)
         except InvalidEvent as exc:
             return _json({"error": f"invalid event: {exc}"}, status=400)
+        if (refusal := self._authorizer.check_publish(request, [event.type])) is not None:
+            return refusal
         try:
             await self._source.publish(raw)
         except SourceError as exc:

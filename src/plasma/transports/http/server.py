@@ -4,7 +4,9 @@ aiohttp parses requests (request line, headers, keep-alive, pipelining); plasma 
 to SSE or the meta endpoints. Malformed requests are answered ``400`` by aiohttp; they are
 logged here as one line, at warning level at most once a minute, never as a traceback per
 request, so a scanner cannot flood the error log. Every answer says ``Server: plasma``, never
-the versions of Python and aiohttp (aiohttp's default).
+the versions of Python and aiohttp (aiohttp's default). aiohttp's ``400`` body quotes the
+start of the line it refused (a header too long: ``b'Bearer eyJ...'``), so tokens are redacted
+from it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
+from plasma.auth.credentials import redact
 from plasma.config import LimitsConfig
 from plasma.logging import LogThrottle
 
@@ -77,11 +80,29 @@ def _make_request(
     return _Request(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
 
+class _RequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, whose error answers never quote a token."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        return super().handle_error(request, status, exc, redact(message) if message else message)
+
+
+class _Server(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _RequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 def create_http_server(
     handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], limits: LimitsConfig
 ) -> web_server.Server:
     """A protocol factory for HTTP/1.1 connections handed over by the listener."""
-    return web_server.Server(
+    return _Server(
         handler,
         handler_cancellation=True,
         request_factory=_make_request,

@@ -27,6 +27,7 @@ from typing import cast
 
 import httptools
 
+from plasma.auth.errors import AuthError
 from plasma.subscription import InvalidSubscription
 from plasma.transports.access import client_address
 from plasma.transports.listener import ProtocolFactory, hand_over
@@ -50,7 +51,13 @@ _WANTED = {
     b"content-length",
     b"transfer-encoding",
     b"user-agent",
+    b"authorization",
+    b"cookie",
 }
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 class _HandOver(Exception):
@@ -172,6 +179,16 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
             types, last_event_id = owner.parse_request(query, last_event_id)
         except InvalidSubscription:
             raise _HandOver from None  # aiohttp answers the 400, with its reason
+        try:
+            identity = owner.authorize(
+                types,
+                authorization=_text(headers.get(b"authorization")),
+                cookie=_text(headers.get(b"cookie")),
+                query_string=query,
+                count=False,
+            )
+        except AuthError:
+            raise _HandOver from None  # aiohttp answers (and counts) the 401 or 403
         http10 = parser.get_http_version() == "1.0"
         self._cancel_timer()
         self._parser = None
@@ -186,12 +203,13 @@ class SSEConnection(SSESubscriber, asyncio.Protocol):
             ),
             (url.path or b"/").decode("latin-1"),
             headers.get(b"user-agent", b"").decode("latin-1"),
+            identity.subject if identity is not None else None,
         )
         self._headers = {}
         if http10:
             self.unchunked()
         self.transport.write(owner.head.encode(http10))
-        owner.begin_stream(self)
+        owner.begin_stream(self, identity)
         if last_event_id is None:
             owner.hub.subscribe(self, types)
             return

@@ -1,5 +1,6 @@
 """SSE streams on connections aiohttp serves: a stream after another request on a kept-alive
-connection, and every refusal (``400`` bad types, ``503`` at capacity) and CORS preflight.
+connection, and every refusal (``400`` bad types, ``401``/``403`` access control, ``503`` at
+capacity) and CORS preflight.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import time
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from plasma.auth.authorizer import refusal_response
+from plasma.auth.errors import AuthError
 from plasma.subscription import InvalidSubscription
 from plasma.transports.access import log_request, remote_address
 from plasma.transports.sse.subscriber import SSESubscriber, StreamOwner
@@ -42,9 +45,18 @@ async def serve_stream(sse: SSETransport, request: web.BaseRequest) -> web.Strea
             request.query_string, request.headers.get("Last-Event-ID")
         )
     except InvalidSubscription as exc:
-        headers = {"Access-Control-Allow-Origin": sse.origin} if sse.origin else None
         log_request(request, 400, started)
-        return web.Response(status=400, text=f"{exc}\n", headers=headers)
+        return web.Response(status=400, text=f"{exc}\n", headers=sse.cors_headers())
+    try:
+        identity = sse.authorize(
+            types,
+            authorization=request.headers.get("Authorization"),
+            cookie=request.headers.get("Cookie"),
+            query_string=request.query_string,
+        )
+    except AuthError as exc:
+        log_request(request, exc.status, started)
+        return refusal_response(exc, text=True, headers=sse.cors_headers())
     if sse.at_capacity():
         log_request(request, 503, started)
         return web.Response(
@@ -59,10 +71,15 @@ async def serve_stream(sse: SSETransport, request: web.BaseRequest) -> web.Strea
         return response
     sub = _HandlerSubscriber(sse, transport, request.version >= HttpVersion11)
     sub.describe(
-        types, started, remote_address(request), request.path, request.headers.get("User-Agent", "")
+        types,
+        started,
+        remote_address(request),
+        request.path,
+        request.headers.get("User-Agent", ""),
+        identity.subject if identity is not None else None,
     )
     await response.write(sse.head.retry)  # aiohttp frames it (a chunk, unless HTTP/1.0)
-    sse.begin_stream(sub)
+    sse.begin_stream(sub, identity)
     try:
         await sse.hub.resume(sub, types, last_event_id)
         await sub.done
@@ -82,11 +99,11 @@ def preflight(sse: SSETransport, request: web.BaseRequest) -> web.Response:
     """Answer a CORS preflight (``OPTIONS``) for a cross-origin ``EventSource``."""
     headers = {
         "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
-        "Access-Control-Allow-Headers": "Accept, Cache-Control, Last-Event-ID",
+        "Access-Control-Allow-Headers": "Accept, Cache-Control, Last-Event-ID"
+        + (", Authorization" if sse.authorizer.enabled else ""),
         "Access-Control-Max-Age": "600",
         "Allow": "GET, HEAD, OPTIONS",
     }
-    if sse.origin:
-        headers["Access-Control-Allow-Origin"] = sse.origin
+    headers.update(sse.cors_headers())
     log_request(request, 204, time.monotonic())
     return web.Response(status=204, headers=headers)

@@ -61,6 +61,8 @@ class SSESubscriber:
         "remote",
         "path",
         "user_agent",
+        "subject",
+        "expiry",
     )
 
     def __init__(self, owner: StreamOwner, transport: asyncio.Transport, chunked: bool) -> None:
@@ -80,6 +82,10 @@ class SSESubscriber:
         self.remote = ""
         self.path = ""
         self.user_agent = ""
+        self.subject: str | None = None
+        """The token's ``sub`` (access control on), for the access log."""
+        self.expiry: asyncio.TimerHandle | None = None
+        """Ends the stream when its token expires; set at subscribe, cancelled at the end."""
         if not chunked:
             self.unchunked()
 
@@ -89,7 +95,13 @@ class SSESubscriber:
         self.encoder = encode_sse
 
     def describe(
-        self, types: tuple[str, ...], started: float, remote: str, path: str, user_agent: str
+        self,
+        types: tuple[str, ...],
+        started: float,
+        remote: str,
+        path: str,
+        user_agent: str,
+        subject: str | None = None,
     ) -> None:
         """Record what the access log says about this stream when it ends."""
         self.types = types
@@ -98,6 +110,7 @@ class SSESubscriber:
         self.path = path
         # Thousands of browsers send a handful of distinct strings: hold each once.
         self.user_agent = sys.intern(user_agent)
+        self.subject = subject
 
     def push(self, data: bytes) -> SSESubscriber | None:
         self.events_sent += 1

@@ -12,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
+from plasma.auth.authorizer import Authorizer
+from plasma.auth.credentials import QUERY_PARAMETER, request_token
+from plasma.auth.errors import AuthError
+from plasma.auth.policy import Identity
 from plasma.config import LimitsConfig, SSEConfig
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
@@ -56,6 +61,7 @@ class SSETransport:
         metrics: Metrics,
         client_buffer: int,
         limits: LimitsConfig | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
@@ -64,7 +70,13 @@ class SSETransport:
         self.head_limit = head_limit(self.limits)
         """Bytes a request head may take on the lean path before it is refused."""
         self.origin = origin
-        self.head = StreamHead(retry_ms=config.retry_ms, origin=origin)
+        self.authorizer = authorizer or Authorizer(None)
+        # A cookie-carrying EventSource from PLASMA_ORIGIN may read its answer only when the
+        # server allows credentials; only for one named origin, never for "*".
+        self.allow_credentials = self.authorizer.enabled and origin not in ("", "*")
+        self.head = StreamHead(
+            retry_ms=config.retry_ms, origin=origin, credentials=self.allow_credentials
+        )
         self.retry_after = str(max(1, config.retry_ms // 1000))
         """``Retry-After`` seconds of a refusal at capacity: the client's own retry delay."""
         self._config = config
@@ -117,16 +129,73 @@ class SSETransport:
             last_event_id = resume[0] if resume else None
         return types, last_event_id or None
 
+    def cors_headers(self) -> dict[str, str]:
+        """The CORS headers of every SSE answer, refusals included (so a page can read why)."""
+        headers: dict[str, str] = {}
+        if self.origin:
+            headers["Access-Control-Allow-Origin"] = self.origin
+        if self.allow_credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        return headers
+
+    def authorize(
+        self,
+        types: tuple[str, ...],
+        *,
+        authorization: str | None,
+        cookie: str | None,
+        query_string: str,
+        count: bool = True,
+    ) -> Identity | None:
+        """Whether the request's token may read every one of ``types``; raise ``AuthError``.
+
+        ``None`` when access control is off or no token was needed (public types). The query
+        string was already checked by ``parse_request``.
+        """
+        authorizer = self.authorizer
+        if not authorizer.enabled:
+            return None
+        try:
+            token = request_token(
+                authorization=authorization,
+                query_tokens=query_values(query_string, QUERY_PARAMETER),
+                cookie_header=cookie,
+                cookie_name=authorizer.cookie,
+            )
+        except AuthError as exc:
+            raise (authorizer.refused(exc) if count else exc) from None
+        return authorizer.check_subscribe(token, types, count=count)
+
     def at_capacity(self) -> bool:
         return self.metrics.connection_count >= self.limits.max_connections
 
-    def begin_stream(self, sub: SSESubscriber) -> None:
-        """Count a stream whose response has started; ``stream_ended`` undoes it."""
+    def begin_stream(self, sub: SSESubscriber, identity: Identity | None = None) -> None:
+        """Count a stream whose response has started; ``stream_ended`` undoes it.
+
+        A stream opened with a token that expires gets one timer, which ends it then.
+        """
         self._subscribers.add(sub)
         self.metrics.connection_opened("sse")
+        if identity is not None and identity.expires_at is not None:
+            delay = max(0.0, identity.expires_at - time.time())
+            sub.expiry = asyncio.get_running_loop().call_later(delay, self._expired, sub)
+
+    def _expired(self, sub: SSESubscriber) -> None:
+        """The stream's token expired: write what is queued, then ``retry:``, and end it."""
+        sub.expiry = None
+        if sub.close_reason or sub.transport.is_closing():
+            return
+        sub.flush()
+        if sub.close_reason:  # the flush cut a slow client
+            return
+        sub.transport.write(self.goodbye(sub.chunked))
+        sub.close("expired")
 
     def stream_ended(self, sub: SSESubscriber) -> None:
         """Unsubscribe, count and log a stream that is over, whoever ended it."""
+        if sub.expiry is not None:
+            sub.expiry.cancel()
+            sub.expiry = None
         self.hub.unsubscribe(sub)
         self._subscribers.discard(sub)
         reason = sub.close_reason or "client"
@@ -147,6 +216,7 @@ class SSETransport:
             started=sub.started,
             events=sub.events_sent,
             reason=reason,
+            subject=sub.subject,
         )
 
     # --- lifecycle ------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class StreamHead:
     first event. The same frame ends a stream the server closes, so the client comes back.
     """
 
-    def __init__(self, *, retry_ms: int, origin: str) -> None:
+    def __init__(self, *, retry_ms: int, origin: str, credentials: bool = False) -> None:
         self.headers: dict[str, str] = {
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
@@ -95,6 +95,8 @@ class StreamHead:
         }
         if origin:
             self.headers["Access-Control-Allow-Origin"] = origin
+        if credentials:
+            self.headers["Access-Control-Allow-Credentials"] = "true"
         self.retry = b"retry: %d\n\n" % retry_ms
         self._retry_frames = (self.retry, chunk(self.retry))
         self._date = ("", 0)
