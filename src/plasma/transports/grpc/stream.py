@@ -108,6 +108,8 @@ class StreamConnection(Protocol):
     remote: str
     limit: int
     """Bytes a client may leave unsent (its window shut) or unread before it is cut."""
+    backlog: int
+    """What all its streams keep pending after their last flush (each stream adds its own)."""
 
     def queue(self, stream: ServerStream) -> Flushable | None:
         """Put ``stream`` on the next flush; return what the hub must flush, if anything."""
@@ -133,6 +135,7 @@ class ServerStream:
         "_inbox",
         "closed",
         "conn",
+        "counted",
         "encoder",
         "ended",
         "handler",
@@ -159,6 +162,8 @@ class ServerStream:
         self.messages_sent = 0
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self.counted = 0
+        """``pending_bytes`` as last added to the connection's ``backlog``."""
         self.queued = False
         """Set and cleared by the connection: this stream is on its next flush."""
         self.headers_sent = False
@@ -214,6 +219,13 @@ class ServerStream:
         """Forget the messages not sent yet (the call is cut; its trailers still go out)."""
         self.pending.clear()
         self.pending_bytes = 0
+        self._settle()
+
+    def _settle(self) -> None:
+        """Tell the connection what stays pending after a flush (the memory budget counts it)."""
+        if self.pending_bytes != self.counted:
+            self.conn.backlog += self.pending_bytes - self.counted
+            self.counted = self.pending_bytes
 
     def abort(self, reason: str, status: Status = Status.CANCELLED) -> None:
         """The stream is gone (reset by the client, or its connection lost): drop everything."""
@@ -247,7 +259,7 @@ class ServerStream:
         """Frame what is pending as DATA (one frame unless the window is short) onto ``out``,
         the connection's next socket write, which it lends to each stream as it flushes."""
         if self.closed:
-            self.pending.clear()
+            self.drop_pending()
             return
         conn = self.conn
         h2c = conn.h2
@@ -287,6 +299,7 @@ class ServerStream:
             return False
         window = min(h2c.outbound_flow_control_window, stream.outbound_flow_control_window)
         if window <= 0:
+            self._settle()
             self._check_backlog()
             return False
         pending = self.pending
@@ -312,6 +325,8 @@ class ServerStream:
         h2c.outbound_flow_control_window -= sent
         stream.outbound_flow_control_window -= sent
         self.pending_bytes = size - sent
+        if self.counted or sent < size:
+            self._settle()
         if pending:
             self._check_backlog()
             return False

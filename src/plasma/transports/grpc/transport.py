@@ -13,7 +13,8 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from plasma.config import LimitsConfig
+from plasma.buffers import ClientBuffers
+from plasma.config import LimitsConfig, setting_default
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
@@ -46,11 +47,15 @@ class GrpcTransport:
         *,
         client_buffer: int,
         limits: LimitsConfig | None = None,
+        buffers: ClientBuffers | None = None,
     ) -> None:
         self.hub = hub
         self.limits = limits or LimitsConfig()
         self.metrics = metrics
         self.client_buffer = client_buffer
+        self.buffers = buffers or ClientBuffers(
+            setting_default("PLASMA_MAX_BUFFERED_BYTES"), metrics
+        )
         self.connections: set[GrpcConnection] = set()
         self.health = HealthService(source)
         self._routes: dict[bytes, _Route] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from plasma.buffers import ClientBuffers
 from plasma.events import Encoder
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
@@ -23,6 +24,8 @@ class StreamOwner(Protocol):
     metrics: Metrics
     client_buffer: int
     """Bytes a client may leave unread before it is cut."""
+    buffers: ClientBuffers
+    """The budget of bytes queued for all clients together."""
 
     def goodbye(self, chunked: bool) -> bytes:
         """The last frame of a stream the server ends."""
@@ -56,6 +59,7 @@ class SSESubscriber:
         "started",
         "remote",
         "path",
+        "counted",
     )
 
     def __init__(self, owner: StreamOwner, transport: asyncio.Transport, chunked: bool) -> None:
@@ -74,6 +78,8 @@ class SSESubscriber:
         self.started = 0.0
         self.remote = ""
         self.path = ""
+        self.counted = 0
+        """Bytes its socket buffer held at the last flush, as ``ClientBuffers`` counts them."""
         if not chunked:
             self.unchunked()
 
@@ -131,11 +137,24 @@ class SSESubscriber:
             more.clear()
         transport.write(data)
         metrics.bytes_written += len(data)
+        owner = self._owner
+        held = transport.get_write_buffer_size()
         # A client that does not read fills its buffer: cut it, never wait for it. It gets a
         # retry: frame after what it has not read yet, so it reconnects and resumes from history.
-        if transport.get_write_buffer_size() > self._owner.client_buffer:
-            transport.write(self._owner.goodbye(self.chunked))
+        if held > owner.client_buffer:
+            transport.write(owner.goodbye(self.chunked))
             self.close("slow")
+        elif held or self.counted:
+            owner.buffers.update(self, held)
+
+    def buffered_bytes(self) -> int:
+        """What its socket buffer holds now (``ClientBuffers`` recounts with this)."""
+        return self.transport.get_write_buffer_size()
+
+    def cut(self, reason: str) -> None:
+        """End the stream and drop its unwritten bytes now (the memory budget is exceeded)."""
+        self.close(reason)
+        self.transport.abort()
 
     def close(self, reason: str) -> None:
         """End the stream; idempotent."""

@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 
-from plasma.config import LimitsConfig, SSEConfig
+from plasma.buffers import ClientBuffers
+from plasma.config import LimitsConfig, SSEConfig, setting_default
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
@@ -46,10 +47,14 @@ class SSETransport:
         metrics: Metrics,
         client_buffer: int,
         limits: LimitsConfig | None = None,
+        buffers: ClientBuffers | None = None,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
         self.client_buffer = client_buffer
+        self.buffers = buffers or ClientBuffers(
+            setting_default("PLASMA_MAX_BUFFERED_BYTES"), metrics
+        )
         self.limits = limits or LimitsConfig()
         self.origin = origin
         self.head = StreamHead(retry_ms=config.retry_ms, origin=origin)
@@ -109,10 +114,12 @@ class SSETransport:
         """Unsubscribe, count and log a stream that is over, whoever ended it."""
         self.hub.unsubscribe(sub)
         self._subscribers.discard(sub)
+        self.buffers.release(sub)
         reason = sub.close_reason or "client"
         self.metrics.connection_closed("sse", reason)
+        if reason in ("slow", "memory"):  # ClientBuffers logs a round of memory cuts
+            self.metrics.clients_dropped[reason] += 1
         if reason == "slow":
-            self.metrics.clients_dropped["slow"] += 1
             log.warning(
                 "dropped a slow SSE client",
                 extra={"remote": sub.remote, "limit": self.client_buffer},
