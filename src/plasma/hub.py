@@ -20,10 +20,11 @@ import orjson
 from plasma.errors import InvalidEvent
 from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
 from plasma.history import History
+from plasma.ingest import Ingest
 from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 
-__all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber"]
+__all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber", "ingest_bytes"]
 
 log = logging.getLogger("plasma.hub")
 
@@ -61,6 +62,11 @@ class Archive(Protocol):
         """Events after ``event_id`` in order, or ``None`` if it cannot vouch for that id."""
 
 
+def ingest_bytes(max_event_bytes: int) -> int:
+    """The ingest queue's bound: 16 MiB, and room for 4 of the largest events."""
+    return max(16 << 20, 4 * max_event_bytes)
+
+
 GAP_TYPE = "plasma:gap"
 """Reserved type of the in-band signal that events were lost (SSE event name ``gap``)."""
 
@@ -74,13 +80,19 @@ class Hub:
         *,
         history_size: int = 0,
         history_ttl: float = 0.0,
+        history_max_bytes: int = 0,
         max_event_bytes: int = MAX_EVENT_BYTES,
         epoch: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.epoch = epoch or secrets.token_hex(4)
         """Names this hub's incarnation in its ids, so ids from another process never match."""
-        self.history = History(history_size, history_ttl)
+        self.history = History(history_size, history_ttl, history_max_bytes)
+        history = self.history
+        metrics.gauge("history_events", history.__len__)
+        metrics.gauge("history_bytes", lambda: history.bytes)
+        self.ingest = Ingest(self.publish_raw, metrics, ingest_bytes(max_event_bytes))
+        """What sources feed: a bounded queue that ``publish_raw``s on the hub's own turn."""
         self.archive: Archive | None = None
         self._index: dict[str, dict[Subscriber, None]] = {}
         self._types: dict[Subscriber, tuple[str, ...]] = {}
@@ -88,6 +100,7 @@ class Hub:
         self._start_id = f"{self.epoch}-0"
         self.history.mark(self._start_id)
         self._taps: list[list[Event]] = []
+        self._replayed: list[Event] = []
         self._skip_log = LogThrottle()
         self._flush_log = LogThrottle()
         self._dirty: list[Flushable] = []
@@ -145,13 +158,25 @@ class Hub:
         if missed is None:
             missed = [self._gap_event(last_event_id), *live]
         wanted = set(types)
+        encoder = subscriber.encoder
+        replayed = self._replayed
+        if not replayed and missed:
+            asyncio.get_running_loop().call_soon(self._forget_replayed)
         for event in missed:
             if event.type == GAP_TYPE or not wanted.isdisjoint(type_prefixes(event.type)):
-                target = subscriber.push(event.encode(subscriber.encoder))
+                # Resumes in the same loop turn (a wave of reconnects) share these frames.
+                target = subscriber.push(event.encode(encoder))
+                replayed.append(event)
                 if target is not None:
                     self.mark_dirty(target)
         self.subscribe(subscriber, types)
         return complete
+
+    def _forget_replayed(self) -> None:
+        """Drop the frames replays encoded: the clients they are queued for hold them now."""
+        for event in self._replayed:
+            event.forget_frames()
+        self._replayed.clear()
 
     def _gap_event(self, requested: str) -> Event:
         resume_from = self.last_id
@@ -255,6 +280,8 @@ class Hub:
                 if target is not None:
                     dirty.append(target)
                 count += 1
+        # The subscribers hold the frames now; history keeps only the body.
+        event.forget_frames()
         metrics = self.metrics
         metrics.events_delivered += count
         metrics.observe_fanout(perf_counter() - started)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web, web_server
 
+from plasma.buffers import ClientBuffers
 from plasma.config import Config, TLSConfig
 from plasma.errors import SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
@@ -75,8 +76,10 @@ class Server:
             self.metrics,
             history_size=config.history_size,
             history_ttl=config.history_ttl,
+            history_max_bytes=config.history_max_bytes,
             max_event_bytes=config.limits.max_event_size,
         )
+        self.buffers = ClientBuffers(config.max_buffered_bytes, self.metrics)
         self.source = create_source(config.source, self.metrics)
         if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
             self.hub.archive = self.source
@@ -87,6 +90,7 @@ class Server:
             metrics=self.metrics,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            buffers=self.buffers,
         )
         self.grpc = GrpcTransport(
             self.hub,
@@ -94,6 +98,7 @@ class Server:
             self.source,
             client_buffer=config.client_buffer,
             limits=config.limits,
+            buffers=self.buffers,
         )
         self.meta = MetaEndpoints(
             self.source,
@@ -261,6 +266,7 @@ class Server:
             if not task.done():
                 log.error("source did not stop within 2s; abandoning it")
         await self.source.aclose()
+        await self.hub.ingest.aclose()
         await self.sse.aclose()
         await self.grpc.aclose()
         if self._http is not None:
