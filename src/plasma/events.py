@@ -12,7 +12,6 @@ long as some client still has it queued, and history holds one copy of each even
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -96,14 +95,30 @@ def _body(type: str, data: bytes) -> bytes:
 # orjson reads integers outside [-2**63, 2**64) as floats, dropping digits: a message holding
 # such a number takes the stdlib path (~8x slower), which keeps it exact. A nanosecond
 # timestamp (19 digits) still fits, so publishers that send time.time_ns() stay on orjson.
-# Scanning ~200 bytes for long digit runs costs ~0.1 us.
-_LONG_NUMBER = re.compile(rb"-?\d{19,}")
+# Long digit runs are found on a copy with every digit as b"1" and every other byte as b"0":
+# ``bytes.translate`` and ``bytes.find`` run at memory speed (~5 ms for 1 MB), where a regular
+# expression scanning for ``\d{19,}`` took ~100 ms per MB and capped large events at ~10 MB/s.
+_DIGIT_MARKS = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
+_LONG_RUN = b"1" * 19
 _INT_RANGE = range(-(2**63), 2**64)
 
 
 def _orjson_is_exact(raw: bytes) -> bool:
     """Whether every long digit run in ``raw`` is an integer orjson reads exactly."""
-    return all(int(m.group()) in _INT_RANGE for m in _LONG_NUMBER.finditer(raw))
+    marks = raw.translate(_DIGIT_MARKS)
+    start = marks.find(_LONG_RUN)
+    while start != -1:
+        end = marks.find(b"0", start)
+        if end == -1:
+            end = len(marks)
+        if end - start > 20:  # 21 digits or more: beyond 2**64 (and int() may refuse it)
+            return False
+        if start and raw[start - 1] == 0x2D:  # a minus sign
+            start -= 1
+        if int(raw[start:end]) not in _INT_RANGE:
+            return False
+        start = marks.find(_LONG_RUN, end)
+    return True
 
 
 def _no_constant(name: str) -> Any:
