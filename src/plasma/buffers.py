@@ -5,13 +5,15 @@ kept at flush time, never per delivery: after a flush writes to a client, the tr
 what that client still holds (its socket's write buffer, plus gRPC messages waiting for a
 flow-control window) if it holds anything or held something before. A client that drains
 without a new flush keeps its last count, so the sum can only be too high; past the limit it is
-first recounted from every client that holds bytes, and only then are the clients with the
-largest backlog (the slowest) cut until the sum is under the limit again.
+first recounted from every live client (``watch``), and only then are the clients with the
+largest backlog (the slowest) cut until the sum is under the limit again. Per flush that is two
+integer operations; the recount walks every live client, only when the sum is over.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from plasma.metrics import Metrics
@@ -40,39 +42,39 @@ class ClientBuffers:
     def __init__(self, limit: int, metrics: Metrics) -> None:
         self.limit = limit
         self.total = 0
-        self._holders: dict[Buffered, None] = {}
+        self._groups: list[Callable[[], Iterable[Buffered]]] = []
         metrics.gauge("client_buffered_bytes", lambda: self.total)
+
+    def watch(self, clients: Callable[[], Iterable[Buffered]]) -> None:
+        """Recount and cut among ``clients()`` (a transport's live clients) when over."""
+        self._groups.append(clients)
 
     def update(self, client: Buffered, size: int) -> None:
         """``client`` holds ``size`` bytes now (called at flush when either count is not 0)."""
         self.total += size - client.counted
         client.counted = size
-        if size:
-            self._holders[client] = None
-        else:
-            self._holders.pop(client, None)
         if self.total > self.limit:
             self._shed()
 
     def release(self, client: Buffered) -> None:
         """``client`` is gone: it holds nothing any more. Idempotent."""
-        if client.counted:
-            self.total -= client.counted
-            client.counted = 0
-        self._holders.pop(client, None)
+        self.total -= client.counted
+        client.counted = 0
 
     def _shed(self) -> None:
-        for client in list(self._holders):
-            size = client.buffered_bytes()
-            self.total += size - client.counted
-            client.counted = size
-            if not size:
-                del self._holders[client]
+        holders = []
+        for group in self._groups:
+            for client in list(group()):
+                size = client.buffered_bytes()
+                self.total += size - client.counted
+                client.counted = size
+                if size:
+                    holders.append(client)
         if self.total <= self.limit:
             return
         before = self.total
         cut = 0
-        for client in sorted(self._holders, key=lambda c: c.counted, reverse=True):
+        for client in sorted(holders, key=lambda c: c.counted, reverse=True):
             if self.total <= self.limit:
                 break
             self.release(client)

@@ -4,8 +4,9 @@ A source that reads and then publishes in one step reads nothing while a large e
 encoded and queued for its subscribers. Redis meanwhile keeps pub/sub messages for plasma in
 its own output buffer, and closes the subscription once that passes its
 ``client-output-buffer-limit pubsub`` (32 MB by default): every message in that buffer is lost.
-So a source only ``offer``s what it reads; the queue's task publishes in passes of at most
-``_PASS_BYTES`` and lets the loop run (and the source read) between passes. The queue holds at
+So a source only ``offer``s what it reads: a small message with nothing queued before it is
+published at once; anything else is queued, and the queue's task publishes in passes of at
+most ``_PASS_BYTES`` and lets the loop run (and the source read) between passes. The queue holds at
 most ``max_bytes``: when it is full the source stops reading (``wait_for_room``), which is
 logged and counted (``source_queue_full``), before Redis gets to cut the connection.
 """
@@ -28,6 +29,11 @@ log = logging.getLogger("plasma.ingest")
 # Bytes published per pass before the loop gets a turn: one large event, or ~1,000 small ones.
 _PASS_BYTES = 256 * 1024
 
+# Messages under this size are published by the reading task itself when nothing waits before
+# them: parsing them costs microseconds, and a queue hop per event cost ~20% of a burst's
+# deliveries/s (fewer events per write).
+_INLINE_BYTES = 16 * 1024
+
 Publish = Callable[[bytes | str, str, str], object]
 
 
@@ -47,9 +53,15 @@ class Ingest:
         metrics.gauge("source_queue_bytes", lambda: self.bytes)
 
     def offer(self, raw: bytes | str, channel: str, event_id: str = "") -> bool:
-        """Queue one message; False when the queue is now full (await ``wait_for_room``)."""
+        """Publish or queue one message; False when the queue is now full (await
+        ``wait_for_room``). A small message with nothing queued before it is published at once,
+        as if there were no queue: most events take no extra hop."""
+        size = len(raw)
+        if size < _INLINE_BYTES and not self._queue:
+            self._publish(raw, channel, event_id)
+            return True
         self._queue.append((raw, channel, event_id))
-        self.bytes += len(raw)
+        self.bytes += size
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         work = self._work

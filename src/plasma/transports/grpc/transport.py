@@ -57,6 +57,7 @@ class GrpcTransport:
             setting_default("PLASMA_MAX_BUFFERED_BYTES"), metrics
         )
         self.connections: set[GrpcConnection] = set()
+        self.buffers.watch(lambda: self.connections)
         self.health = HealthService(source)
         self._routes: dict[bytes, _Route] = {
             EVENTS_PATH.encode(): _Route(self._events, counted=True),

@@ -62,6 +62,7 @@ class SSETransport:
         """``Retry-After`` seconds of a refusal at capacity: the client's own retry delay."""
         self._config = config
         self._subscribers: set[SSESubscriber] = set()
+        self.buffers.watch(lambda: self._subscribers)
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
