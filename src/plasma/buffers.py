@@ -54,14 +54,15 @@ class ClientBuffers:
         self.total += size - client.counted
         client.counted = size
         if self.total > self.limit:
-            self._shed()
+            self.shed()
 
     def release(self, client: Buffered) -> None:
         """``client`` is gone: it holds nothing any more. Idempotent."""
         self.total -= client.counted
         client.counted = 0
 
-    def _shed(self) -> None:
+    def shed(self) -> None:
+        """Recount every live client; if still over the limit, cut the largest backlogs."""
         holders = []
         for group in self._groups:
             for client in list(group()):

@@ -144,8 +144,12 @@ class SSESubscriber:
         if held > owner.client_buffer:
             transport.write(owner.goodbye(self.chunked))
             self.close("slow")
-        elif held or self.counted:
-            owner.buffers.update(self, held)
+        elif held or self.counted:  # ClientBuffers.update, inlined: it runs once per flush
+            buffers = owner.buffers
+            buffers.total += held - self.counted
+            self.counted = held
+            if buffers.total > buffers.limit:
+                buffers.shed()
 
     def buffered_bytes(self) -> int:
         """What its socket buffer holds now (``ClientBuffers`` recounts with this)."""
