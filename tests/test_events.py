@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from plasma.errors import InvalidEvent
-from plasma.events import Event, parse_event, type_prefixes
+from plasma.events import EVENT_OVERHEAD, Event, parse_event, type_prefixes
 
 
 def _raw(data: Any, type: str = "program:1234:views") -> bytes:
@@ -175,3 +175,26 @@ def test_encode_is_cached_per_encoder() -> None:
 )
 def test_type_prefixes(type: str, prefixes: list[str]) -> None:
     assert type_prefixes(type) == prefixes
+
+
+def test_an_event_holds_one_copy_and_drops_its_frames_on_request() -> None:
+    event = parse_event(b'{"meta":{"type":"a"},"data":{"x":"' + b"y" * 1000 + b'"}}')
+    assert event.data == event.body[len(b'{"meta":{"type":"a"},"data":') : -1]
+    assert event.data_text() == event.data.decode()
+    assert event.held_bytes == len(event.body) + EVENT_OVERHEAD
+
+    def frame(event: Event) -> bytes:
+        return b"frame:" + event.body
+
+    first = event.encode(frame)
+    assert event.encode(frame) is first, "a fan-out shares one encoding"
+    event.forget_frames()
+    assert event.encode(frame) is not first and event.encode(frame) == first
+
+
+def test_long_digit_runs_anywhere_in_a_large_message_are_found() -> None:
+    pad = b"x" * 500_000
+    exact = parse_event(b'{"meta":{"type":"a"},"data":["%b",-9223372036854775808]}' % pad)
+    assert exact.data.endswith(b",-9223372036854775808]")
+    big = parse_event(b'{"meta":{"type":"a"},"data":["%b",18446744073709551616]}' % pad)
+    assert big.data.endswith(b",18446744073709551616]"), "past 2**64: kept exact"

@@ -104,3 +104,22 @@ def test_size_zero_keeps_nothing() -> None:
     assert history.after("e-1") is None
     assert history.after("epoch-0") is None
     assert history.last_id is None
+
+
+def sized(event_id: str, size: int) -> Event:
+    event = Event("a", b'"' + b"x" * (size - 2) + b'"')
+    event.id = event_id
+    return event
+
+
+def test_the_byte_bound_evicts_the_oldest_and_keeps_the_newest() -> None:
+    one = sized("e-0", 1000).held_bytes
+    history = History(100, 0, max_bytes=3 * one)
+    for n in range(1, 6):
+        history.append(sized(f"e-{n}", 1000))
+    assert len(history) == 3 and history.bytes == 3 * one
+    assert history.after("e-1") is None, "evicted by bytes: a resume from it gets the gap"
+    assert ids(history.after("e-3")) == ["e-4", "e-5"]
+    history.append(sized("e-6", 10 * one))  # larger than the whole bound: kept alone
+    assert history.last_id == "e-6" and history.after("e-5") is None
+    assert len(history) == 1 and history.bytes == sized("e-6", 10 * one).held_bytes

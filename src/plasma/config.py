@@ -395,7 +395,19 @@ SETTINGS: tuple[Setting, ...] = (
         zero=True,
     ),
     _integer(
+        "PLASMA_HISTORY_MAX_BYTES", "67108864",
+        "bytes of events kept for resume (bodies plus ~400 bytes each); the oldest go first, "
+        "the newest is always kept",
+        1,
+    ),
+    _integer(
         "PLASMA_CLIENT_BUFFER", "1048576", "bytes a client may leave unread before it is cut",
+        1024,
+    ),
+    _integer(
+        "PLASMA_MAX_BUFFERED_BYTES", "536870912",
+        "bytes queued for all clients together; beyond, the clients with the largest backlog "
+        "are cut first",
         1024,
     ),
     _integer(
@@ -802,7 +814,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     history_size: int = _d("PLASMA_HISTORY_SIZE")
     history_ttl: float = _d("PLASMA_HISTORY_TTL")
+    history_max_bytes: int = _d("PLASMA_HISTORY_MAX_BYTES")
     client_buffer: int = _d("PLASMA_CLIENT_BUFFER")
+    max_buffered_bytes: int = _d("PLASMA_MAX_BUFFERED_BYTES")
     workers: int = _d("PLASMA_WORKERS")
 
     @classmethod
@@ -911,6 +925,8 @@ class Config:
             auth=_auth(r),
             history_size=r["PLASMA_HISTORY_SIZE"],
             history_ttl=r["PLASMA_HISTORY_TTL"],
+            history_max_bytes=r["PLASMA_HISTORY_MAX_BYTES"],
             client_buffer=r["PLASMA_CLIENT_BUFFER"],
+            max_buffered_bytes=r["PLASMA_MAX_BUFFERED_BYTES"],
             workers=r["PLASMA_WORKERS"],
         )

@@ -1,16 +1,18 @@
 """Events: what a publisher puts on a channel, parsed once and encoded once per transport.
 
 A publisher sends ``{"meta": {"type": "program:1234:views"}, "data": <any JSON>}``. ``parse_event``
-validates it and keeps two byte strings that every transport needs: ``body`` (the whole event as
-compact JSON, what SSE's ``data:`` line carries) and ``data`` (the JSON text of ``data``, what a
-gRPC ``Payload`` carries). Transports turn an event into wire bytes with an *encoder*; the event
-caches each encoder's output, so a fan-out to N subscribers encodes it once.
+validates it and keeps one byte string: ``body``, the whole event as compact JSON (what SSE's
+``data:`` line carries). ``data``, the JSON text of ``data`` (what a gRPC ``Payload`` carries), is
+the tail of ``body`` and is sliced out only when asked for. Transports turn an event into wire
+bytes with an *encoder*; the event caches each encoder's output while a fan-out (or a batch of
+resumes) shares it, and the hub then drops the cache (``forget_frames``): a frame lives only as
+long as some client still has it queued, and history holds one copy of each event.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,37 +22,67 @@ import orjson
 from plasma.config import setting_default
 from plasma.errors import InvalidEvent
 
-__all__ = ["MAX_EVENT_BYTES", "Encoder", "Event", "parse_event", "type_prefixes"]
+__all__ = ["EVENT_OVERHEAD", "MAX_EVENT_BYTES", "Encoder", "Event", "parse_event", "type_prefixes"]
 
 MAX_EVENT_BYTES: int = setting_default("PLASMA_MAX_EVENT_SIZE")
 """Default upper bound of one incoming message; larger ones are skipped."""
+
+EVENT_OVERHEAD = 400
+"""Bytes an event costs besides its body: the object, its id and its history index entry
+(measured with tracemalloc on 64-bit CPython; docs/benchmarks.md, "Memory per event")."""
 
 Encoder = Callable[["Event"], bytes]
 
 
 class Event:
-    """One event: its type, id (set by the hub), and its JSON texts."""
+    """One event: its type, id (set by the hub), and its JSON text (``body``)."""
 
-    __slots__ = ("_encoded", "body", "data", "id", "name", "received", "type")
+    __slots__ = ("_data_at", "_encoded", "body", "id", "name", "received", "type")
 
     def __init__(
         self, type: str, data: bytes, body: bytes | None = None, *, name: str = ""
     ) -> None:
         self.type = type
-        self.data = data
-        self.body = body if body is not None else _body(type, data)
+        if body is None:
+            body = _body(type, data)
+        self.body = body
+        """The whole event as compact JSON; it ends with ``data`` and a closing brace."""
+        self._data_at = len(body) - len(data) - 1
         self.id = ""
         self.name = name
         """SSE ``event:`` name; empty for ordinary events (``message``), set for signals."""
         self.received = time.monotonic()
-        self._encoded: dict[Encoder, bytes] = {}
+        self._encoded: dict[Encoder, bytes] | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The JSON text of ``data`` (a copy sliced out of ``body``)."""
+        return self.body[self._data_at : -1]
+
+    def data_text(self) -> str:
+        """The JSON text of ``data`` as a string, decoded straight from ``body``."""
+        return str(memoryview(self.body)[self._data_at : -1], "utf-8", "replace")
+
+    @property
+    def held_bytes(self) -> int:
+        """What keeping this event costs: its body plus ``EVENT_OVERHEAD``."""
+        return len(self.body) + EVENT_OVERHEAD
 
     def encode(self, encoder: Encoder) -> bytes:
-        """Return ``encoder(self)``, computed once per event and encoder."""
-        out = self._encoded.get(encoder)
-        if out is None:
-            out = self._encoded[encoder] = encoder(self)
-        return out
+        """Return ``encoder(self)``, computed once per event and encoder until ``forget_frames``."""
+        cache = self._encoded
+        if cache is None:
+            out = encoder(self)
+            self._encoded = {encoder: out}
+            return out
+        cached = cache.get(encoder)
+        if cached is None:
+            cached = cache[encoder] = encoder(self)
+        return cached
+
+    def forget_frames(self) -> None:
+        """Drop the cached encodings: the clients that queued them hold their own references."""
+        self._encoded = None
 
     def __repr__(self) -> str:
         return f"Event(type={self.type!r}, id={self.id!r}, data={self.data[:60]!r})"
@@ -63,14 +95,30 @@ def _body(type: str, data: bytes) -> bytes:
 # orjson reads integers outside [-2**63, 2**64) as floats, dropping digits: a message holding
 # such a number takes the stdlib path (~8x slower), which keeps it exact. A nanosecond
 # timestamp (19 digits) still fits, so publishers that send time.time_ns() stay on orjson.
-# Scanning ~200 bytes for long digit runs costs ~0.1 us.
-_LONG_NUMBER = re.compile(rb"-?\d{19,}")
+# Long digit runs are found on a copy with every digit as b"1" and every other byte as b"0":
+# ``bytes.translate`` and ``bytes.find`` run at memory speed (~5 ms for 1 MB), where a regular
+# expression scanning for ``\d{19,}`` took ~100 ms per MB and capped large events at ~10 MB/s.
+_DIGIT_MARKS = bytes(0x31 if 0x30 <= b <= 0x39 else 0x30 for b in range(256))
+_LONG_RUN = b"1" * 19
 _INT_RANGE = range(-(2**63), 2**64)
 
 
 def _orjson_is_exact(raw: bytes) -> bool:
     """Whether every long digit run in ``raw`` is an integer orjson reads exactly."""
-    return all(int(m.group()) in _INT_RANGE for m in _LONG_NUMBER.finditer(raw))
+    marks = raw.translate(_DIGIT_MARKS)
+    start = marks.find(_LONG_RUN)
+    while start != -1:
+        end = marks.find(b"0", start)
+        if end == -1:
+            end = len(marks)
+        if end - start > 20:  # 21 digits or more: beyond 2**64 (and int() may refuse it)
+            return False
+        if start and raw[start - 1] == 0x2D:  # a minus sign
+            start -= 1
+        if int(raw[start:end]) not in _INT_RANGE:
+            return False
+        start = marks.find(_LONG_RUN, end)
+    return True
 
 
 def _no_constant(name: str) -> Any:
@@ -125,7 +173,8 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
             raise InvalidEvent("invalid_json", f"not representable as JSON: {exc}") from None
         except RecursionError:
             raise InvalidEvent("too_deep", "data is nested too deeply to forward") from None
-    return Event(event_type, data)
+    # Types repeat: one shared string per type instead of one per event held.
+    return Event(sys.intern(event_type), data)
 
 
 def type_prefixes(event_type: str) -> list[str]:

@@ -1,9 +1,11 @@
 """Bounded in-memory history: the recent events, so a reconnecting client misses nothing.
 
 Every event the hub publishes is appended, subscribers or not. The history is bounded by a
-count and an age; ``after(id)`` answers "everything since this id" in O(1) plus the size of the
-answer, or ``None`` when the id is unknown here (evicted, from another process, or made up) —
-the caller then asks the source's own archive or sends the gap signal.
+count, an age and a number of bytes (each event's body plus ``EVENT_OVERHEAD``; the oldest go
+first, and the newest event is always kept); ``after(id)`` answers "everything since this id"
+in O(1) plus the size of the answer, or ``None`` when the id is unknown here (evicted, from
+another process, or made up) — the caller then asks the source's own archive or sends the gap
+signal.
 """
 
 from __future__ import annotations
@@ -11,17 +13,21 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from plasma.events import Event
+from plasma.events import EVENT_OVERHEAD, Event
 
 __all__ = ["History"]
 
 
 class History:
-    """The last ``size`` events no older than ``ttl`` seconds (``ttl`` 0: no age limit)."""
+    """The last ``size`` events no older than ``ttl`` seconds (``ttl`` 0: no age limit) that
+    together hold at most ``max_bytes`` (0: no byte bound)."""
 
-    def __init__(self, size: int, ttl: float) -> None:
+    def __init__(self, size: int, ttl: float, max_bytes: int = 0) -> None:
         self.size = size
         self.ttl = ttl
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        """What the events held cost, as ``Event.held_bytes`` counts it."""
         self._events: deque[Event] = deque()
         self._positions: dict[str, int] = {}
         self._base = 0  # absolute position of self._events[0]
@@ -42,8 +48,12 @@ class History:
         events.append(event)
         self._positions[event.id] = self._next
         self._next += 1
+        self.bytes += len(event.body) + EVENT_OVERHEAD
         if len(events) > self.size:
             self._evict_one()
+        if self.max_bytes:
+            while self.bytes > self.max_bytes and len(events) > 1:
+                self._evict_one()
         if self.ttl:
             deadline = event.received - self.ttl
             while events and events[0].received < deadline:
@@ -52,6 +62,7 @@ class History:
     def _evict_one(self) -> None:
         old = self._events.popleft()
         self._positions.pop(old.id, None)
+        self.bytes -= len(old.body) + EVENT_OVERHEAD
         self._base += 1  # a start-of-time mark now lies before the base: after() says None
 
     def after(self, event_id: str) -> list[Event] | None:

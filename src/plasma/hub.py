@@ -20,10 +20,11 @@ import orjson
 from plasma.errors import InvalidEvent
 from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
 from plasma.history import History
+from plasma.ingest import Ingest
 from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 
-__all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber"]
+__all__ = ["GAP_TYPE", "Archive", "Flushable", "Hub", "Subscriber", "ingest_bytes"]
 
 log = logging.getLogger("plasma.hub")
 
@@ -66,6 +67,11 @@ class Archive(Protocol):
         """Events after ``event_id`` in order, or ``None`` if it cannot vouch for that id."""
 
 
+def ingest_bytes(max_event_bytes: int) -> int:
+    """The ingest queue's bound: 16 MiB, and room for 4 of the largest events."""
+    return max(16 << 20, 4 * max_event_bytes)
+
+
 GAP_TYPE = "plasma:gap"
 """Reserved type of the in-band signal that events were lost (SSE event name ``gap``)."""
 
@@ -79,13 +85,19 @@ class Hub:
         *,
         history_size: int = 0,
         history_ttl: float = 0.0,
+        history_max_bytes: int = 0,
         max_event_bytes: int = MAX_EVENT_BYTES,
         epoch: str | None = None,
     ) -> None:
         self.metrics = metrics
         self.epoch = epoch or secrets.token_hex(4)
         """Names this hub's incarnation in its ids, so ids from another process never match."""
-        self.history = History(history_size, history_ttl)
+        self.history = History(history_size, history_ttl, history_max_bytes)
+        history = self.history
+        metrics.gauge("history_events", history.__len__)
+        metrics.gauge("history_bytes", lambda: history.bytes)
+        self.ingest = Ingest(self.publish_raw, metrics, ingest_bytes(max_event_bytes))
+        """What sources feed: a bounded queue that ``publish_raw``s on the hub's own turn."""
         self.archive: Archive | None = None
         self._index: dict[str, dict[Subscriber, None]] = {}
         self._types: dict[Subscriber, tuple[str, ...]] = {}
@@ -95,6 +107,7 @@ class Hub:
         self._taps: list[list[Event]] = []
         self._resuming: dict[Subscriber, None] = {}
         self._replay_slots = asyncio.Semaphore(_REPLAYS_AT_ONCE)
+        self._replayed: list[Event] = []
         self._skip_log = LogThrottle()
         self._flush_log = LogThrottle()
         self._dirty: list[Flushable] = []
@@ -198,17 +211,27 @@ class Hub:
 
     def _push_matching(self, subscriber: Subscriber, events: list[Event], wanted: set[str]) -> None:
         encoder = subscriber.encoder
+        replayed = self._replayed
+        if not replayed and events:
+            asyncio.get_running_loop().call_soon(self._forget_replayed)
         for event in events:
             # Gaps go to everyone: the one made for this resume, and source outages replayed.
             if event.type == GAP_TYPE:
                 self.metrics.gaps_sent += 1
             elif wanted.isdisjoint(type_prefixes(event.type)):
                 continue
-            # Event.encode caches per encoder: every client resuming through the same events
-            # shares one copy of their bytes.
+            # Event.encode caches per encoder: resumes in the same loop turn (a wave of
+            # reconnects) share one copy of these frames, dropped after the turn.
             target = subscriber.push(event.encode(encoder))
+            replayed.append(event)
             if target is not None:
                 self.mark_dirty(target)
+
+    def _forget_replayed(self) -> None:
+        """Drop the frames replays encoded: the clients they are queued for hold them now."""
+        for event in self._replayed:
+            event.forget_frames()
+        self._replayed.clear()
 
     def _gap_event(self, requested: str, resume_from: str | None = None) -> Event:
         resume_from = resume_from or self.last_id
@@ -335,6 +358,8 @@ class Hub:
                 if target is not None:
                     dirty.append(target)
                 count += 1
+        # The subscribers hold the frames now; history keeps only the body.
+        event.forget_frames()
         metrics = self.metrics
         metrics.events_delivered += count
         metrics.observe_fanout(perf_counter() - started)

@@ -28,6 +28,7 @@ from plasma import __version__
 
 __all__ = [
     "FANOUT_BUCKETS",
+    "GAUGES",
     "LATENCY_BUCKETS",
     "TRANSPORTS",
     "Histogram",
@@ -38,6 +39,9 @@ __all__ = [
 
 TRANSPORTS = ("sse", "grpc")
 """Transports reported even before their first connection, so their series always exist."""
+
+GAUGES = ("history_events", "history_bytes", "client_buffered_bytes", "source_queue_bytes")
+"""Figures read from their owners when a snapshot is taken (``Metrics.gauge``); 0 until then."""
 
 # Fan-out of one event: ~10 us for a handful of subscribers, tens of ms for 100k.
 FANOUT_BUCKETS: tuple[float, ...] = (
@@ -102,6 +106,9 @@ class Metrics:
         """Times the source announced lost events (a pub/sub subscription was re-made)."""
         self.gaps_sent = 0
         """Gap events sent to clients: after a source gap, and on resumes that lost events."""
+        self.source_queue_full = 0
+        """Times reading from the source paused because the ingest queue was full."""
+        self._gauges: dict[str, Callable[[], int]] = {}
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.runtime = RuntimeStats()
@@ -118,6 +125,10 @@ class Metrics:
             self._source_up = value
             if self.source_changed is not None:
                 self.source_changed()
+
+    def gauge(self, name: str, read: Callable[[], int]) -> None:
+        """Have snapshots report ``read()`` as ``name`` (one of ``GAUGES``): nothing to update."""
+        self._gauges[name] = read
 
     def event_skipped(self, reason: str) -> None:
         self.events_skipped[reason] += 1
@@ -179,6 +190,8 @@ class Metrics:
             source_reconnects=self.source_reconnects,
             source_gaps=self.source_gaps,
             gaps_sent=self.gaps_sent,
+            source_queue_full=self.source_queue_full,
+            **{name: self._gauges[name]() if name in self._gauges else 0 for name in GAUGES},
             event_fanout_seconds=self.fanout.snapshot(),
             event_write_latency_seconds=self.latency.snapshot(),
             started=self.started,

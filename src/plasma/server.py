@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web, web_server
 
 from plasma.auth.setup import EndpointTokens, build_authorizer
+from plasma.buffers import ClientBuffers
 from plasma.config import Config, TLSConfig
 from plasma.errors import ConfigError, SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
@@ -78,6 +79,7 @@ class Server:
             self.metrics,
             history_size=config.history_size,
             history_ttl=config.history_ttl,
+            history_max_bytes=config.history_max_bytes,
             max_event_bytes=config.limits.max_event_size,
         )
         try:
@@ -85,6 +87,7 @@ class Server:
             endpoint_tokens = EndpointTokens(config.auth)
         except ConfigError as exc:  # checked with the settings; a key file changed since
             raise StartupError(str(exc)) from None
+        self.buffers = ClientBuffers(config.max_buffered_bytes, self.metrics)
         self.source = create_source(config.source, self.metrics)
         if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
             self.hub.archive = self.source
@@ -96,6 +99,7 @@ class Server:
             client_buffer=config.client_buffer,
             limits=config.limits,
             authorizer=self.authorizer,
+            buffers=self.buffers,
         )
         self.health = HealthMonitor(self.source, peers_healthy=self._peers_healthy)
         """The one health state /hc and the gRPC health service answer from."""
@@ -107,6 +111,7 @@ class Server:
             client_buffer=config.client_buffer,
             limits=config.limits,
             authorizer=self.authorizer,
+            buffers=self.buffers,
         )
         self.meta = MetaEndpoints(
             self.source,
@@ -283,6 +288,7 @@ class Server:
             if not task.done():
                 log.error("source did not stop within 2s; abandoning it")
         await self.source.aclose()
+        await self.hub.ingest.aclose()
         await self.sse.aclose()
         await self.grpc.aclose()
         if self._http is not None:

@@ -189,6 +189,33 @@ class SnapshotCollector(Collector):
         yield _counter(
             "plasma_gaps_sent", "Gap events sent to clients (events they lost).", s, "gaps_sent"
         )
+        yield _counter(
+            "plasma_source_queue_full",
+            "Times reading from the source paused because the ingest queue was full.",
+            s,
+            "source_queue_full",
+        )
+        yield _gauge(
+            "plasma_source_queue_bytes",
+            "Bytes read from the source and not yet published.",
+            {},
+            s.get("source_queue_bytes", 0),
+        )
+        yield _gauge(
+            "plasma_history_events", "Events kept for resume.", {}, s.get("history_events", 0)
+        )
+        yield _gauge(
+            "plasma_history_bytes",
+            "Bytes of the events kept for resume (PLASMA_HISTORY_MAX_BYTES bounds it).",
+            {},
+            s.get("history_bytes", 0),
+        )
+        yield _gauge(
+            "plasma_client_buffered_bytes",
+            "Bytes queued for clients, all together (PLASMA_MAX_BUFFERED_BYTES bounds it).",
+            {},
+            s.get("client_buffered_bytes", 0),
+        )
         yield _histogram(
             "plasma_event_fanout_seconds",
             "Time to fan one event out to its subscribers.",

@@ -69,7 +69,8 @@ class RedisSource:
             if cancel_requested():
                 raise asyncio.CancelledError
             self._subscribed(hub, "subscribed")
-            publish = hub.publish_raw
+            ingest = hub.ingest  # read on while the hub parses and fans out (bounded)
+            offer = ingest.offer
             get_message = pubsub.get_message
             while True:
                 message = await get_message(ignore_subscribe_messages=True, timeout=c.timeout)
@@ -78,7 +79,8 @@ class RedisSource:
                 kind = message["type"]
                 if kind == "message" or kind == "pmessage":
                     channel = message["channel"]
-                    publish(message["data"], channel.decode("utf-8", "replace"))
+                    if not offer(message["data"], channel.decode("utf-8", "replace")):
+                        await ingest.wait_for_room()
         except TimeoutError as exc:
             raise SourceError(f"redis at {redis.address} did not answer SUBSCRIBE") from exc
         finally:

@@ -31,6 +31,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from plasma.buffers import ClientBuffers
 from plasma.config import LimitsConfig
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
@@ -59,6 +60,7 @@ class ConnectionHost(Protocol):
     limits: LimitsConfig
     metrics: Metrics
     client_buffer: int
+    buffers: ClientBuffers
 
     def open_call(
         self, stream: ServerStream, path: bytes, metadata: Metadata
@@ -80,8 +82,12 @@ class GrpcConnection(asyncio.Protocol):
 
     __slots__ = (
         "_handshake_timer",
+        "_header",
+        "_skip",
+        "backlog",
         "budget",
         "closing",
+        "counted",
         "dirty",
         "flush_coming",
         "guard",
@@ -116,6 +122,10 @@ class GrpcConnection(asyncio.Protocol):
         self.flush_coming = False
         """A flush will run (the hub's, or the one ending ``data_received``): ask for no other."""
         self.closing = False
+        self.backlog = 0
+        """Bytes its streams keep pending for a flow-control window (kept by the streams)."""
+        self.counted = 0
+        """Bytes it held at the last flush, as ``ClientBuffers`` counts them."""
         self.remote = ""
         self._handshake_timer: asyncio.TimerHandle | None = None
         self.guard = ReadGuard(len(H2_PREFACE))
@@ -248,6 +258,7 @@ class GrpcConnection(asyncio.Protocol):
         guard.waiting.clear()
         guard.inbound = b""
         self.transport = None
+        self.host.buffers.release(self)
         self.host.discard_connection(self)
         if guard.lines_suppressed:
             log_lines_suppressed(transport="grpc", remote=self.remote, lines=guard.lines_suppressed)
@@ -409,12 +420,28 @@ class GrpcConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         transport.write(data)
-        self.host.metrics.bytes_written += len(data)
+        host = self.host
+        host.metrics.bytes_written += len(data)
+        written = transport.get_write_buffer_size()
         # A client that does not read fills the socket buffer: cut it, never wait for it.
-        if transport.get_write_buffer_size() > self.limit:
+        if written > self.limit:
             log.info("dropping a slow gRPC connection", extra={"remote": self.remote})
-            self._close_streams("slow", Status.RESOURCE_EXHAUSTED)
-            transport.abort()
+            self.cut("slow")
+            return
+        held = written + self.backlog
+        if held or self.counted:
+            host.buffers.update(self, held)
+
+    def buffered_bytes(self) -> int:
+        """Its socket buffer and its streams' pending bytes (``ClientBuffers`` recounts)."""
+        transport = self.transport
+        return self.backlog + (transport.get_write_buffer_size() if transport else 0)
+
+    def cut(self, reason: str) -> None:
+        """End every call with RESOURCE_EXHAUSTED and drop the connection and its bytes now."""
+        self._close_streams(reason, Status.RESOURCE_EXHAUSTED)
+        if self.transport is not None:
+            self.transport.abort()
 
     # --- closing -------------------------------------------------------------------------------
 

@@ -63,7 +63,7 @@ def encode_payload(event: Event) -> bytes:
     messages = _messages()
     payload = messages.Payload(
         eventType=messages.EventType(type=event.type),
-        data=event.data.decode("utf-8", "replace"),
+        data=event.data_text(),
         id=event.id,
     )
     return frame_message(payload.SerializeToString())
@@ -213,8 +213,8 @@ class EventsCall:
         stream = self._stream
         self._hub.unsubscribe(stream)
         self._metrics.connection_closed("grpc", reason)
-        if reason == "slow":
-            self._metrics.clients_dropped["slow"] += 1
+        if reason in ("slow", "memory"):
+            self._metrics.clients_dropped[reason] += 1
         if not stream.conn.may_log():
             return  # the connection's log budget is spent: counted, logged when it ends
         log_stream_end(

@@ -138,6 +138,9 @@ class StreamConnection(Protocol):
     def may_log(self) -> bool:
         """Whether one more access-log line fits this connection's log budget."""
 
+    backlog: int
+    """What all its streams keep pending after their last flush (each stream adds its own)."""
+
     def queue(self, stream: ServerStream) -> Flushable | None:
         """Put ``stream`` on the next flush; return what the hub must flush, if anything."""
 
@@ -164,6 +167,7 @@ class ServerStream:
         "_offset",
         "closed",
         "conn",
+        "counted",
         "deadline",
         "deferred",
         "encoder",
@@ -198,6 +202,8 @@ class ServerStream:
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         self._offset = 0  # bytes of pending[0] already sent (a window opened part of it)
+        self.counted = 0
+        """``pending_bytes`` as last added to the connection's ``backlog``."""
         self.queued = False
         """Set and cleared by the connection: this stream is on its next flush."""
         self.headers_sent = False
@@ -270,6 +276,13 @@ class ServerStream:
         self.pending.clear()
         self.pending_bytes = 0
         self._offset = 0
+        self._settle()
+
+    def _settle(self) -> None:
+        """Tell the connection what stays pending after a flush (the memory budget counts it)."""
+        if self.pending_bytes != self.counted:
+            self.conn.backlog += self.pending_bytes - self.counted
+            self.counted = self.pending_bytes
 
     def abort(self, reason: str, status: Status = Status.CANCELLED) -> None:
         """The stream is gone (reset by the client, or its connection lost): drop everything."""
@@ -346,6 +359,7 @@ class ServerStream:
             return False
         window = min(h2c.outbound_flow_control_window, stream.outbound_flow_control_window)
         if window <= 0:
+            self._settle()
             self._check_backlog()
             return False
         pending = self.pending
@@ -362,6 +376,8 @@ class ServerStream:
         h2c.outbound_flow_control_window -= sent
         stream.outbound_flow_control_window -= sent
         self.pending_bytes = size - sent
+        if self.counted or sent < size:
+            self._settle()
         if pending:
             self._check_backlog()
             return False

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from plasma.auth.authorizer import Authorizer
-from plasma.config import LimitsConfig
+from plasma.buffers import ClientBuffers
+from plasma.config import LimitsConfig, setting_default
 from plasma.health import HealthMonitor
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
@@ -64,13 +65,18 @@ class GrpcTransport:
         client_buffer: int,
         limits: LimitsConfig | None = None,
         authorizer: Authorizer | None = None,
+        buffers: ClientBuffers | None = None,
     ) -> None:
         self.hub = hub
         self.authorizer = authorizer or Authorizer(None)
         self.limits = limits or LimitsConfig()
         self.metrics = metrics
         self.client_buffer = client_buffer
+        self.buffers = buffers or ClientBuffers(
+            setting_default("PLASMA_MAX_BUFFERED_BYTES"), metrics
+        )
         self.connections: set[GrpcConnection] = set()
+        self.buffers.watch(lambda: self.connections)
         self.health = HealthService(health)
         self._routes: dict[bytes, _Route] = {
             EVENTS_PATH.encode(): _Route(self._events, counted=True),

@@ -10,6 +10,7 @@ import asyncio
 import sys
 from typing import Protocol
 
+from plasma.buffers import ClientBuffers
 from plasma.events import Encoder
 from plasma.hub import Flushable
 from plasma.metrics import Metrics
@@ -24,6 +25,8 @@ class StreamOwner(Protocol):
     metrics: Metrics
     client_buffer: int
     """Bytes a client may leave unread before it is cut."""
+    buffers: ClientBuffers
+    """The budget of bytes queued for all clients together."""
 
     def goodbye(self, chunked: bool) -> bytes:
         """The last frame of a stream the server ends."""
@@ -63,6 +66,7 @@ class SSESubscriber:
         "user_agent",
         "subject",
         "expiry",
+        "counted",
     )
 
     def __init__(self, owner: StreamOwner, transport: asyncio.Transport, chunked: bool) -> None:
@@ -86,6 +90,8 @@ class SSESubscriber:
         """The token's ``sub`` (access control on), for the access log."""
         self.expiry: asyncio.TimerHandle | None = None
         """Ends the stream when its token expires; set at subscribe, cancelled at the end."""
+        self.counted = 0
+        """Bytes its socket buffer held at the last flush, as ``ClientBuffers`` counts them."""
         if not chunked:
             self.unchunked()
 
@@ -154,11 +160,28 @@ class SSESubscriber:
             more.clear()
         transport.write(data)
         metrics.bytes_written += len(data)
+        owner = self._owner
+        held = transport.get_write_buffer_size()
         # A client that does not read fills its buffer: cut it, never wait for it. It gets a
         # retry: frame after what it has not read yet, so it reconnects and resumes from history.
-        if transport.get_write_buffer_size() > self._owner.client_buffer:
-            transport.write(self._owner.goodbye(self.chunked))
+        if held > owner.client_buffer:
+            transport.write(owner.goodbye(self.chunked))
             self.close("slow")
+        elif held or self.counted:  # ClientBuffers.update, inlined: it runs once per flush
+            buffers = owner.buffers
+            buffers.total += held - self.counted
+            self.counted = held
+            if buffers.total > buffers.limit:
+                buffers.shed()
+
+    def buffered_bytes(self) -> int:
+        """What its socket buffer holds now (``ClientBuffers`` recounts with this)."""
+        return self.transport.get_write_buffer_size()
+
+    def cut(self, reason: str) -> None:
+        """End the stream and drop its unwritten bytes now (the memory budget is exceeded)."""
+        self.close(reason)
+        self.transport.abort()
 
     def close(self, reason: str) -> None:
         """End the stream; idempotent."""

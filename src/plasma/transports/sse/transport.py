@@ -18,7 +18,8 @@ from plasma.auth.authorizer import Authorizer
 from plasma.auth.credentials import QUERY_PARAMETER, request_token
 from plasma.auth.errors import AuthError
 from plasma.auth.policy import Identity
-from plasma.config import LimitsConfig, SSEConfig
+from plasma.buffers import ClientBuffers
+from plasma.config import LimitsConfig, SSEConfig, setting_default
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
@@ -62,10 +63,14 @@ class SSETransport:
         client_buffer: int,
         limits: LimitsConfig | None = None,
         authorizer: Authorizer | None = None,
+        buffers: ClientBuffers | None = None,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
         self.client_buffer = client_buffer
+        self.buffers = buffers or ClientBuffers(
+            setting_default("PLASMA_MAX_BUFFERED_BYTES"), metrics
+        )
         self.limits = limits or LimitsConfig()
         self.head_limit = head_limit(self.limits)
         """Bytes a request head may take on the lean path before it is refused."""
@@ -81,6 +86,7 @@ class SSETransport:
         """``Retry-After`` seconds of a refusal at capacity: the client's own retry delay."""
         self._config = config
         self._subscribers: set[SSESubscriber] = set()
+        self.buffers.watch(lambda: self._subscribers)
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -198,10 +204,12 @@ class SSETransport:
             sub.expiry = None
         self.hub.unsubscribe(sub)
         self._subscribers.discard(sub)
+        self.buffers.release(sub)
         reason = sub.close_reason or "client"
         self.metrics.connection_closed("sse", reason)
+        if reason in ("slow", "memory"):  # ClientBuffers logs a round of memory cuts
+            self.metrics.clients_dropped[reason] += 1
         if reason == "slow":
-            self.metrics.clients_dropped["slow"] += 1
             log.warning(
                 "dropped a slow SSE client",
                 extra={"remote": sub.remote, "limit": self.client_buffer},
