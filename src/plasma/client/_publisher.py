@@ -148,7 +148,10 @@ class Publisher:
                 "(the batch may or may not have been published)"
             ) from exc
         if status != 200:
-            raise PublishError(_error_text(status, answer), status, retry_after)
+            message = _error_text(status, answer)
+            if status in (404, 405):
+                message += f" (is {url} plasma's publish API, with PLASMA_PUBLISH_API=true?)"
+            raise PublishError(message, status, retry_after)
         try:
             ids = orjson.loads(answer)["ids"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
