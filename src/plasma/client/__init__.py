@@ -14,7 +14,7 @@ plasma.client.publish("http://localhost:8080", "program:1234:views", {"views": 4
 ```
 
 It needs only what plasma installs (aiohttp, redis-py, orjson); ``transport="grpc"`` also
-needs grpcio (``pip install 'plasma[grpc]'``). It imports nothing of the server.
+needs grpcio (``pip install 'plasma-push[grpc]'``). It imports nothing of the server.
 """
 
 from __future__ import annotations

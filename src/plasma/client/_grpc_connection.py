@@ -1,4 +1,4 @@
-"""Subscribing over gRPC with grpcio (the ``grpc`` extra: ``pip install 'plasma[grpc]'``).
+"""Subscribing over gRPC with grpcio (the ``grpc`` extra: ``pip install 'plasma-push[grpc]'``).
 
 The call is always the bidirectional form of ``/proto.StreamService/Events``
 (``stream_v2.proto``): the request side stays open, so ``resubscribe`` can send a new
@@ -44,7 +44,9 @@ def import_grpc() -> Any:
         import grpc
         import grpc.aio
     except ImportError:
-        raise ClientError("transport='grpc' needs grpcio: pip install 'plasma[grpc]'") from None
+        raise ClientError(
+            "transport='grpc' needs grpcio: pip install 'plasma-push[grpc]'"
+        ) from None
     return grpc
 
 

@@ -54,7 +54,7 @@ class Subscriber:
     ```
 
     Parameters:
-    - ``transport``: ``"sse"`` (default) or ``"grpc"`` (needs grpcio: ``plasma[grpc]``).
+    - ``transport``: ``"sse"`` (default) or ``"grpc"`` (needs grpcio: ``plasma-push[grpc]``).
     - ``token``: sent as ``Authorization: Bearer`` (gRPC: ``authorization`` metadata).
     - ``last_event_id``: resume after this id on the first connect.
     - ``on_gap``: called (or awaited) with each ``Gap`` instead of yielding it.
