@@ -91,9 +91,7 @@ def run_publish_api(
             for i in range(batch_size)
         ]
         for run in range(repeat):
-            elapsed, published, errors = asyncio.run(
-                _post_batches(url, batch, batches, publishers)
-            )
+            elapsed, published, errors = asyncio.run(_post_batches(url, batch, batches, publishers))
             row = {
                 "run": run + 1,
                 "source": source,
