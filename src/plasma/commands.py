@@ -25,8 +25,10 @@ from plasma.client import (
     Subscriber,
     encode_event,
 )
+from plasma.config import read_setting
+from plasma.errors import ConfigError
 
-__all__ = ["proto_main", "pub_main", "sub_main"]
+__all__ = ["SERVE_HELP", "proto_main", "pub_main", "sub_main"]
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -50,13 +52,13 @@ def _fail(prog: str, message: str) -> int:
 
 def default_url(environ: Mapping[str, str]) -> str:
     """The server this shell's ``PLASMA_*`` settings describe (``http://127.0.0.1:8080``)."""
-    host = environ.get("PLASMA_HOST", "").strip() or "127.0.0.1"
+    host = read_setting(environ, "PLASMA_HOST").strip() or "127.0.0.1"
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    port = environ.get("PLASMA_PORT", "").strip() or "8080"
-    scheme = "https" if environ.get("PLASMA_TLS_CERT_FILE") else "http"
+    port = read_setting(environ, "PLASMA_PORT")
+    scheme = "https" if read_setting(environ, "PLASMA_TLS_CERT_FILE") else "http"
     return f"{scheme}://{host}:{port}"
 
 
@@ -70,6 +72,17 @@ def _token(value: str | None, prog: str) -> str | None:
     except OSError as exc:
         raise ClientError(f"cannot read the token file {value[1:]}: {exc.strerror}") from None
 
+
+SERVE_HELP = """\
+usage: plasma serve
+
+Start the server (what plain "plasma" does). It is configured by environment variables only
+(see "plasma --help" for every one).
+
+example:
+  PLASMA_SUBSCRIBER_TYPE=redis PLASMA_SUBSCRIBER_REDIS_CHANNELS=events plasma serve
+  PLASMA_PUBLISH_API=true plasma serve      # also accept POST /publish
+"""
 
 # --- plasma sub -----------------------------------------------------------------------------
 
@@ -93,7 +106,7 @@ def sub_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("types", nargs="+", metavar="TYPE", help="event types (colon prefixes)")
-    parser.add_argument("--url", default=default_url(environ), help="plasma's URL (%(default)s)")
+    parser.add_argument("--url", help="plasma's URL (from PLASMA_HOST and PLASMA_PORT)")
     parser.add_argument("--grpc", action="store_true", help="subscribe over gRPC, not SSE")
     parser.add_argument("--last-event-id", metavar="ID", help="resume after this event id")
     parser.add_argument("--token", metavar="T", help="bearer token, or @FILE to read it")
@@ -104,6 +117,9 @@ def sub_main(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     prog = parser.prog
     try:
         return asyncio.run(_sub(args, environ, sys.stdout))
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `plasma sub ... | head`
@@ -130,13 +146,13 @@ async def _sub(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO
             out.flush()
 
     subscriber = Subscriber(
-        args.url,
+        args.url or default_url(environ),
         args.types,
         transport="grpc" if args.grpc else "sse",
         token=_token(args.token, "plasma sub"),
         last_event_id=args.last_event_id,
         on_gap=on_gap,
-        event_query=environ.get("PLASMA_SSE_EVENTQUERY", "").strip() or "eventType",
+        event_query=read_setting(environ, "PLASMA_SSE_EVENTQUERY"),
         ca_file=args.ca_file,
     )
     count = 0
@@ -181,13 +197,13 @@ def pub_main(argv: Sequence[str], environ: Mapping[str, str], stdin: TextIO | No
     parser.add_argument("type", metavar="TYPE", help='the event type, or "-" for NDJSON on stdin')
     parser.add_argument("data", nargs="?", metavar="DATA", help="the event data as JSON (null)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--url", help=f"plasma's URL ({default_url(environ)})")
+    target.add_argument("--url", help="plasma's URL (from PLASMA_HOST and PLASMA_PORT)")
     target.add_argument(
         "--redis",
         nargs="?",
-        const=environ.get("PLASMA_SUBSCRIBER_REDIS_ADDR", "").strip() or "localhost:6379",
+        const="",
         metavar="ADDR",
-        help="publish to Redis at host:port (PLASMA_SUBSCRIBER_REDIS_ADDR)",
+        help="publish to Redis at host:port (default PLASMA_SUBSCRIBER_REDIS_ADDR)",
     )
     parser.add_argument(
         "--channel",
@@ -209,6 +225,9 @@ def pub_main(argv: Sequence[str], environ: Mapping[str, str], stdin: TextIO | No
             events = [(args.type, _data(args.data))]
         publisher = _publisher(args, environ)
         ids = asyncio.run(_pub(publisher, events))
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except (ClientError, ValueError) as exc:
@@ -260,15 +279,21 @@ def _publisher(args: argparse.Namespace, environ: Mapping[str, str]) -> Publishe
             channel=args.channel,
             ca_file=args.ca_file,
         )
-    channels = [c.strip() for c in environ.get("PLASMA_SUBSCRIBER_REDIS_CHANNELS", "").split(",")]
-    channel = args.channel or next((c for c in channels if c), None)
+    channels = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_CHANNELS")
+    channel = args.channel or (channels[0] if channels else None)
     if not channel:
         raise ValueError("--redis needs --channel (or PLASMA_SUBSCRIBER_REDIS_CHANNELS)")
-    password = environ.get("PLASMA_SUBSCRIBER_REDIS_PASSWORD", "")
-    db = environ.get("PLASMA_SUBSCRIBER_REDIS_DB", "").strip() or "0"
+    if args.redis:
+        host, _, port = args.redis.rpartition(":")
+        address = f"{host or 'localhost'}:{port}"
+    else:
+        host, port = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_ADDR")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    password = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_PASSWORD")
+    db = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_DB")
     auth = f":{quote(password, safe='')}@" if password else ""
-    stream = args.stream or environ.get("PLASMA_SUBSCRIBER_TYPE", "").strip() == "redis-stream"
-    return Publisher(f"redis://{auth}{args.redis}/{db}", channel=channel, stream=stream)
+    stream = args.stream or read_setting(environ, "PLASMA_SUBSCRIBER_TYPE") == "redis-stream"
+    return Publisher(f"redis://{auth}{address}/{db}", channel=channel, stream=stream)
 
 
 async def _pub(publisher: Publisher, events: list[Any]) -> list[str | None]:
@@ -331,4 +356,4 @@ def proto_main(argv: Sequence[str]) -> int:
 
 def proto_text(name: str) -> str:
     """The text of ``name`` as installed with plasma."""
-    return importlib.resources.files("plasma.transports").joinpath(name).read_text("utf-8")
+    return importlib.resources.files("plasma.transports.grpc").joinpath(name).read_text("utf-8")

@@ -22,6 +22,7 @@ from plasma.peers import Peers
 from plasma.sources import create_source
 from plasma.transports.grpc.transport import GrpcTransport
 from plasma.transports.http.meta import MetaEndpoints
+from plasma.transports.http.publish import PublishEndpoint, allow_all
 from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.sse.connection import SSEConnection
@@ -95,6 +96,21 @@ class Server:
             client_buffer=config.client_buffer,
             limits=config.limits,
         )
+        self.publish = (
+            PublishEndpoint(
+                self.source.publish_many,
+                path=config.publish.path,
+                max_body=config.publish.max_body,
+                max_event_bytes=config.limits.max_event_size,
+                channels=config.source.redis.channels if config.source.type != "mock" else (),
+                body_timeout=config.limits.header_timeout,
+                retry_after=config.source.redis.retry_interval,
+                # The access-control seam: a checker of the token's publish list goes here.
+                authorize=allow_all,
+            )
+            if config.publish.api
+            else None
+        )
         self.meta = MetaEndpoints(
             self.source,
             self.metrics,
@@ -103,6 +119,7 @@ class Server:
             event_query=config.sse.event_query,
             snapshot=self.whole_server_snapshot,
             peers_healthy=self._peers_healthy,
+            publish=self.publish,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None
@@ -167,6 +184,12 @@ class Server:
                 "worker": self.worker_id,
             },
         )
+        if self.publish is not None and self.publish.open_to_all and not self.worker_id:
+            log.warning(
+                "the publish API is on without access control: anyone who can reach the port "
+                "may publish",
+                extra={"path": self.publish.path},
+            )
 
     def whole_server_snapshot(self) -> dict[str, Any]:
         """This process's metrics, summed with its sibling workers' latest snapshots."""

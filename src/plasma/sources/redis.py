@@ -11,17 +11,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from plasma.config import RedisConfig
 from plasma.errors import SourceError
 from plasma.metrics import Metrics
-from plasma.sources.redis_connection import (
-    PROBE_TIMEOUT,
-    RedisConnection,
-    cancel_requested,
-    quietly,
-)
+from plasma.sources.redis_connection import RedisConnection, cancel_requested, quietly
 
 if TYPE_CHECKING:
     from plasma.hub import Hub
@@ -71,15 +64,10 @@ class RedisSource:
     async def healthy(self) -> bool:
         return await self._redis.healthy()
 
-    async def publish(self, raw: bytes) -> None:
-        redis = self._redis
-        try:
-            await asyncio.wait_for(
-                redis.probe.publish(redis.config.channels[0], raw), PROBE_TIMEOUT
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            await redis.reset_probe()
-            raise SourceError(f"cannot publish to redis at {redis.address}: {exc}") from exc
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        key = channel or self._redis.config.channels[0]
+        await self._redis.transaction(lambda pipe: [pipe.publish(key, raw) for raw in raws])
+        return [None] * len(raws)  # each plasma gives the id when the message arrives
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -3,7 +3,8 @@
 Connection lifecycle: ``listen`` connects and reads until the connection fails; then wait
 ``retry_interval`` and do it again. ``max_retry`` consecutive failures either stop the server
 (``die``) or are logged and the count starts over (``alive``). A second, short-timeout client
-(the *probe*) answers ``/hc`` and the ``/debug`` publish without touching the reading one.
+(the *probe*) answers ``/hc`` without touching the reading one, and a third publishes batches
+(the publish API, ``/debug``) in ``MULTI``/``EXEC`` transactions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -41,6 +43,7 @@ class RedisConnection:
         self._failures = 0
         self.probe = self.client(timeout=PROBE_TIMEOUT)
         """A short-timeout client for health checks and single commands."""
+        self._publisher: aioredis.Redis | None = None
         self._closed = False
 
     def client(self, timeout: float | None) -> aioredis.Redis:
@@ -118,6 +121,26 @@ class RedisConnection:
             await self.reset_probe()
             return False
 
+    async def transaction(self, queue: Callable[[Any], object]) -> list[Any]:
+        """Run the commands ``queue(pipeline)`` adds in one ``MULTI``/``EXEC``: all or none.
+
+        On its own client, so a large batch neither waits behind nor delays ``/hc``. Raises
+        ``SourceError`` when Redis is unreachable. Only a failure after ``EXEC`` was sent (a
+        timeout) can hide a batch that was in fact published; none is ever half-published.
+        """
+        if self._publisher is None:
+            self._publisher = self.client(timeout=self.config.timeout * 5)
+        client = self._publisher
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                queue(pipe)
+                return list(await pipe.execute())
+        except (RedisError, OSError, TimeoutError) as exc:
+            await quietly(client.connection_pool.disconnect())
+            raise SourceError(
+                f"cannot publish to redis at {self.address}: {str(exc) or type(exc).__name__}"
+            ) from exc
+
     async def reset_probe(self) -> None:
         """After a failed or timed-out command the probe may be mid-reply: start afresh."""
         await quietly(self.probe.connection_pool.disconnect())
@@ -128,6 +151,8 @@ class RedisConnection:
         self._closed = True
         self._metrics.source_up = 0
         await quietly(self.probe.aclose())
+        if self._publisher is not None:
+            await quietly(self._publisher.aclose())
 
 
 def cancel_requested() -> bool:

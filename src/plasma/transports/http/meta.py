@@ -1,4 +1,5 @@
-"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``."""
+"""The endpoints on the HTTP side: ``/hc``, ``/metrics``, and when enabled ``/debug`` and the
+publish API."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from plasma.exporters.sender import SnapshotSource
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
+from plasma.transports.http.publish import PublishEndpoint
 
 __all__ = ["MetaEndpoints"]
 
@@ -38,6 +40,7 @@ class MetaEndpoints:
         event_query: str,
         snapshot: SnapshotSource | None = None,
         peers_healthy: Callable[[], bool] | None = None,
+        publish: PublishEndpoint | None = None,
     ) -> None:
         self._source = source
         self._peers_healthy = peers_healthy or (lambda: True)
@@ -47,6 +50,7 @@ class MetaEndpoints:
         self._debug = debug
         self._origin = origin
         self._debug_page: bytes | None = None
+        self._publish = publish
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
@@ -64,6 +68,8 @@ class MetaEndpoints:
             return await self._allow(request, ("GET", "HEAD"), self.metrics)
         if path == "/debug" and self._debug:
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if self._publish is not None and path == self._publish.path:
+            return await self._publish.handle(request)
         return web.Response(status=404, text="404 page not found\n")
 
     @staticmethod
@@ -114,7 +120,7 @@ class MetaEndpoints:
         except InvalidEvent as exc:
             return _json({"error": f"invalid event: {exc}"}, status=400)
         try:
-            await self._source.publish(raw)
+            await self._source.publish_many([raw])
         except SourceError as exc:
             return _json({"error": str(exc)}, status=503)
         self._metrics.events_published_debug += 1

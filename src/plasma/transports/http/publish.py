@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
-from plasma.events import Event, parse_event
+from plasma.events import Event, parse_batch, parse_event
 
 __all__ = ["AuthorizePublish", "PublishEndpoint", "allow_all"]
 
@@ -50,12 +50,13 @@ class _Refused(Exception):
 
 
 class PublishEndpoint:
-    """Answers ``POST`` on the publish path; the caller routes only that path here."""
+    """Answers requests for ``path`` (the caller routes only that path here)."""
 
     def __init__(
         self,
         publish_many: Callable[[list[bytes], str | None], Awaitable[list[str | None]]],
         *,
+        path: str,
         max_body: int,
         max_event_bytes: int,
         channels: Sequence[str],
@@ -64,12 +65,18 @@ class PublishEndpoint:
         authorize: AuthorizePublish = allow_all,
     ) -> None:
         self._publish_many = publish_many
+        self.path = path
         self._max_body = max_body
         self._max_event_bytes = max_event_bytes
         self._channels = frozenset(channels)
         self._body_timeout = body_timeout
         self._retry_after = str(max(1, round(retry_after)))
         self._authorize = authorize
+
+    @property
+    def open_to_all(self) -> bool:
+        """Whether no access check is plugged in: anyone who reaches the port may publish."""
+        return self._authorize is allow_all
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         if request.method != "POST":
@@ -161,37 +168,22 @@ class PublishEndpoint:
 
     def _parse(self, body: bytes, ndjson: bool) -> list[Event]:
         """Every event of the body, or ``400`` naming the first invalid one; nothing partial."""
-        if ndjson:
-            raws: list[bytes] = [line for line in body.split(b"\n") if line.strip()]
-        elif body.lstrip()[:1] == b"[":
-            try:
-                items = orjson.loads(body)
-            except orjson.JSONDecodeError as exc:
-                raise _Refused(_error(400, f"the body is not JSON: {exc}")) from None
-            raws = []
-            for index, item in enumerate(items):
-                try:
-                    raws.append(orjson.dumps(item))
-                except TypeError:
-                    raise _Refused(
-                        _error(
-                            400,
-                            f"event {index}: data is nested too deeply to forward",
-                            index=index,
-                            reason="too_deep",
-                        )
-                    ) from None
-        else:
-            raws = [body]
-        if not raws:
+        max_bytes = self._max_event_bytes
+        try:
+            if ndjson:
+                events = []
+                for index, line in enumerate(x for x in body.split(b"\n") if x.strip()):
+                    try:
+                        events.append(parse_event(line, max_bytes))
+                    except InvalidEvent as exc:
+                        raise InvalidEvent(exc.reason, f"event {index}: {exc}", index) from None
+            elif body.lstrip()[:1] == b"[":
+                events = parse_batch(body, max_bytes)
+            else:
+                events = [parse_event(body, max_bytes)]
+        except InvalidEvent as exc:
+            extra = {"index": exc.index} if exc.index is not None else {}
+            raise _Refused(_error(400, str(exc), reason=exc.reason, **extra)) from None
+        if not events:
             raise _Refused(_error(400, "the body holds no events"))
-        events = []
-        for index, raw in enumerate(raws):
-            try:
-                events.append(parse_event(raw, self._max_event_bytes))
-            except InvalidEvent as exc:
-                where = f"event {index}" if len(raws) > 1 or ndjson or raw is not body else "event"
-                raise _Refused(
-                    _error(400, f"{where}: {exc}", index=index, reason=exc.reason)
-                ) from None
         return events
