@@ -205,16 +205,26 @@ def test_bad_arguments_exit_2() -> None:
 
 
 @pytest.mark.parametrize("args", [(), ("serve",)])
-def test_plain_plasma_and_serve_start_the_server(args: tuple[str, ...]) -> None:
+def test_plain_plasma_and_serve_start_the_server(args: tuple[str, ...], tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plasma", *args],
-        env=command_env({"PLASMA_HOST": "127.0.0.1", "PLASMA_PORT": str(port)}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plasma", *args],
+            env=command_env({"PLASMA_HOST": "127.0.0.1", "PLASMA_PORT": str(port)}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for(lambda: port_open(port), 15, what="the server")
+        # Logged once the server listens and, in the same step, handles SIGTERM.
+        wait_for(lambda: b"plasma listening" in log.read_bytes(), 15, what="the server")
+        assert port_open(port)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_serve_takes_no_arguments() -> None:
+    result = run("serve", "--port", "1")
+    assert result.returncode == 2
+    assert "--port" in result.stderr
