@@ -73,6 +73,7 @@ def server(redis_server: RedisServer) -> PlasmaProcess:
         PLASMA_PUBLISH_API="true",
         PLASMA_SSE_RETRY="100",
     )
+    wait_for(lambda: process.metrics()["source_up"], 15, what="the source to connect")
     yield process  # type: ignore[misc]
     process.stop()
 

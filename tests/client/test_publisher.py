@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from plasma.client import Event, Publisher, PublishError, Subscriber, encode_event, publish_many
-from tests.support import PlasmaProcess, RedisServer, redis_env, wait_subscribed
+from tests.support import PlasmaProcess, RedisServer, redis_env, wait_for, wait_subscribed
 
 pytestmark = pytest.mark.integration
 
@@ -16,6 +16,8 @@ def start(redis_server: RedisServer, source: str) -> PlasmaProcess:
     env = redis_env(redis_server, PLASMA_SUBSCRIBER_TYPE=source)
     process = PlasmaProcess(env=env).start()
     wait_subscribed(redis_server, env)
+    # A stream source starts reading where the stream ends when it connects: wait for that.
+    wait_for(lambda: process.metrics()["source_up"], 15, what="the source to connect")
     return process
 
 

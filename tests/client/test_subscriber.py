@@ -51,6 +51,8 @@ def plasma_env(redis_server: RedisServer, source: str) -> dict[str, str]:
 def start(env: dict[str, str], redis_server: RedisServer, port: int = 0) -> PlasmaProcess:
     process = PlasmaProcess(env=env, port=port).start()
     wait_subscribed(redis_server, env)
+    # A stream source starts reading where the stream ends when it connects: wait for that.
+    wait_for(lambda: process.metrics()["source_up"], 15, what="the source to connect")
     return process
 
 

@@ -102,6 +102,11 @@ async def received(stream: SSEStream, n: int) -> list[Any]:
     return [(await stream.next_event()).json() for _ in range(n)]
 
 
+def source_up(process: PlasmaProcess) -> None:
+    """Wait until the source reads: a stream source starts reading where the stream is then."""
+    wait_for(lambda: process.metrics()["source_up"], 15, what="the source to connect")
+
+
 def still_serving(server: PlasmaProcess) -> None:
     assert http(server.url + "/hc").status == 200
     answer = post(server, event("t:alive"))
@@ -255,6 +260,7 @@ async def test_ids_come_back_where_the_source_assigns_them(
             **env,
         )
     try:
+        source_up(process)
         async with (
             Subscriber(process.url, ["t"]) as subscriber,
             Publisher(process.url) as publisher,
@@ -284,6 +290,7 @@ async def test_ten_thousand_events_into_a_stream(redis_server: RedisServer) -> N
         PLASMA_PUBLISH_API="true",
     )
     try:
+        source_up(process)
         answer = post(process, [event("t:n", i) for i in range(10_000)])
         assert answer.status == 200
         assert answer.json()["published"] == 10_000
@@ -303,6 +310,7 @@ async def test_redis_down_is_503_with_retry_after_and_nothing_half_published(
         PLASMA_PUBLISH_API="true",
     )
     try:
+        source_up(process)
         assert post(process, event("t:before")).status == 200
         redis_server.stop()
         answer = post(process, [event("t:lost", i) for i in range(100)])

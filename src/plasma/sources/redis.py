@@ -66,7 +66,7 @@ class RedisSource:
 
     async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
         key = channel or self._redis.config.channels[0]
-        await self._redis.transaction(lambda pipe: [pipe.publish(key, raw) for raw in raws])
+        await self._redis.publish_batch((b"PUBLISH", key.encode()), raws)
         return [None] * len(raws)  # each plasma gives the id when the message arrives
 
     async def aclose(self) -> None:

@@ -3,8 +3,8 @@
 Connection lifecycle: ``listen`` connects and reads until the connection fails; then wait
 ``retry_interval`` and do it again. ``max_retry`` consecutive failures either stop the server
 (``die``) or are logged and the count starts over (``alive``). A second, short-timeout client
-(the *probe*) answers ``/hc`` without touching the reading one, and a third publishes batches
-(the publish API, ``/debug``) in ``MULTI``/``EXEC`` transactions.
+(the *probe*) answers ``/hc`` without touching the reading one, and a third (``BatchWriter``)
+publishes batches (the publish API, ``/debug``) in ``MULTI``/``EXEC`` transactions.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from plasma.config import RedisConfig
 from plasma.errors import SourceError, SourceGaveUp
 from plasma.metrics import Metrics
+from plasma.sources.redis_batch import BatchWriter
 
 __all__ = ["PROBE_TIMEOUT", "RedisConnection", "cancel_requested", "quietly"]
 
@@ -43,7 +44,7 @@ class RedisConnection:
         self._failures = 0
         self.probe = self.client(timeout=PROBE_TIMEOUT)
         """A short-timeout client for health checks and single commands."""
-        self._publisher: aioredis.Redis | None = None
+        self._batches: BatchWriter | None = None
         self._closed = False
 
     def client(self, timeout: float | None) -> aioredis.Redis:
@@ -121,25 +122,18 @@ class RedisConnection:
             await self.reset_probe()
             return False
 
-    async def transaction(self, queue: Callable[[Any], object]) -> list[Any]:
-        """Run the commands ``queue(pipeline)`` adds in one ``MULTI``/``EXEC``: all or none.
+    async def publish_batch(self, args: tuple[bytes, ...], values: list[bytes]) -> list[Any]:
+        """``args + (value,)`` for every value in one ``MULTI``/``EXEC``: all or none.
 
-        On its own client, so a large batch neither waits behind nor delays ``/hc``. Raises
-        ``SourceError`` when Redis is unreachable. Only a failure after ``EXEC`` was sent (a
-        timeout) can hide a batch that was in fact published; none is ever half-published.
+        On its own connection (``BatchWriter``), so a large batch neither waits behind nor
+        delays ``/hc``. Raises ``SourceError`` when Redis is unreachable.
         """
-        if self._publisher is None:
-            self._publisher = self.client(timeout=self.config.timeout * 5)
-        client = self._publisher
-        try:
-            async with client.pipeline(transaction=True) as pipe:
-                queue(pipe)
-                return list(await pipe.execute())
-        except (RedisError, OSError, TimeoutError) as exc:
-            await quietly(client.connection_pool.disconnect())
-            raise SourceError(
-                f"cannot publish to redis at {self.address}: {str(exc) or type(exc).__name__}"
-            ) from exc
+        if self._batches is None:
+            c = self.config
+            self._batches = BatchWriter(
+                c.host, c.port, password=c.password, db=c.db, timeout=c.timeout * 5
+            )
+        return await self._batches.multi_exec(args, values)
 
     async def reset_probe(self) -> None:
         """After a failed or timed-out command the probe may be mid-reply: start afresh."""
@@ -151,8 +145,8 @@ class RedisConnection:
         self._closed = True
         self._metrics.source_up = 0
         await quietly(self.probe.aclose())
-        if self._publisher is not None:
-            await quietly(self._publisher.aclose())
+        if self._batches is not None:
+            await self._batches.aclose()
 
 
 def cancel_requested() -> bool:

@@ -179,7 +179,5 @@ class RedisStreamSource:
 
     async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
         key = channel or self._redis.config.channels[0]
-        ids = await self._redis.transaction(
-            lambda pipe: [pipe.xadd(key, {EVENT_FIELD: raw}) for raw in raws]
-        )
+        ids = await self._redis.publish_batch((b"XADD", key.encode(), b"*", EVENT_FIELD), raws)
         return [_text(entry_id) for entry_id in ids]
