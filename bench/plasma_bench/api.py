@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from plasma_bench.procstat import cpu_seconds, process_tree
 from plasma_bench.servers import PlasmaServer, RedisServer
 
 __all__ = ["run_client", "run_publish_api"]
@@ -54,14 +55,14 @@ async def _post_batches(
 
     connector = aiohttp.TCPConnector(limit=publishers)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await one_warmup(session, url, body, headers)
+        await _warm_up(session, url, body, headers)
         started = time.perf_counter()
         await asyncio.gather(*(one(session) for _ in range(publishers)))
         elapsed = time.perf_counter() - started
     return elapsed, published, errors
 
 
-async def one_warmup(
+async def _warm_up(
     session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
 ) -> None:
     for _ in range(20):
@@ -91,7 +92,11 @@ def run_publish_api(
             for i in range(batch_size)
         ]
         for run in range(repeat):
+            server_pids = process_tree(server.pid)
+            cpu_before = cpu_seconds(server_pids), cpu_seconds([redis.pid])
             elapsed, published, errors = asyncio.run(_post_batches(url, batch, batches, publishers))
+            server_cpu = cpu_seconds(server_pids) - cpu_before[0]
+            redis_cpu = cpu_seconds([redis.pid]) - cpu_before[1]
             row = {
                 "run": run + 1,
                 "source": source,
@@ -103,6 +108,11 @@ def run_publish_api(
                 "seconds": round(elapsed, 3),
                 "events_per_s": round(published / elapsed),
                 "requests_per_s": round(published / batch_size / elapsed),
+                # CPU seconds per million events: what the figures mean on a shared machine.
+                # The server's share includes reading every event back from its own source.
+                "server_cpu_s_per_million": round(server_cpu / published * 1e6, 2),
+                "redis_cpu_s_per_million": round(redis_cpu / published * 1e6, 2),
+                "events_per_server_cpu_s": round(published / server_cpu) if server_cpu else None,
             }
             if source == "redis-stream":
                 import redis as redis_py
