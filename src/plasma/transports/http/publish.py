@@ -25,16 +25,17 @@ from plasma.events import Event, parse_batch, parse_event
 
 __all__ = ["AuthorizePublish", "PublishEndpoint", "allow_all"]
 
-AuthorizePublish = Callable[[web.BaseRequest, Sequence[str]], Awaitable["web.Response | None"]]
+AuthorizePublish = Callable[[web.BaseRequest, Sequence[str]], "web.Response | None"]
 """Checks that the request may publish every one of these types: ``None`` to allow, or the
-refusal to send (``401``/``403``). The seam access control plugs into."""
+refusal to send (``401``/``403``). The seam access control plugs into; it runs after the body
+is parsed and before anything is published, once per request."""
 
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-async def allow_all(request: web.BaseRequest, types: Sequence[str]) -> web.Response | None:
+def allow_all(request: web.BaseRequest, types: Sequence[str]) -> web.Response | None:
     """The default when access control is off: anyone who reaches the port may publish."""
     return None
 
@@ -90,7 +91,7 @@ class PublishEndpoint:
             events = self._parse(body, ndjson)
         except _Refused as refused:
             return refused.response
-        refusal = await self._authorize(request, [e.type for e in events])
+        refusal = self._authorize(request, [e.type for e in events])
         if refusal is not None:
             return refusal
         try:
