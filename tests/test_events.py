@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from plasma.errors import InvalidEvent
-from plasma.events import EVENT_OVERHEAD, Event, parse_event, type_prefixes
+from plasma.events import EVENT_OVERHEAD, Event, parse_batch, parse_event, type_prefixes
 
 
 def _raw(data: Any, type: str = "program:1234:views") -> bytes:
@@ -198,3 +198,44 @@ def test_long_digit_runs_anywhere_in_a_large_message_are_found() -> None:
     assert exact.data.endswith(b",-9223372036854775808]")
     big = parse_event(b'{"meta":{"type":"a"},"data":["%b",18446744073709551616]}' % pad)
     assert big.data.endswith(b",18446744073709551616]"), "past 2**64: kept exact"
+
+
+# --- batches (the publish API) ----------------------------------------------------------------
+
+
+def test_batch_is_each_event_by_the_same_rules() -> None:
+    items = [
+        {"meta": {"type": "a"}, "data": 123456789012345678901234567890},
+        {"meta": {"type": "b", "extra": 1}, "data": [1, {"x": None}]},
+    ]
+    events = parse_batch(json.dumps(items).encode())
+    singles = [parse_event(json.dumps(i).encode()) for i in items]
+    assert [(e.type, e.data, e.body) for e in events] == [(e.type, e.data, e.body) for e in singles]
+    assert events[0].data == b"123456789012345678901234567890"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "index"),
+    [
+        (b'{"meta":{"type":"a"}}', "not_array", None),
+        (b"[1", "invalid_json", None),
+        (b'[{"meta":{"type":"a"}},{"meta":{}}]', "no_type", 1),
+        (
+            b'[{"meta":{"type":"a"}},{"meta":{"type":"b"},"data":'
+            + b"[" * 300
+            + b"]" * 300
+            + b"}]",
+            "too_deep",
+            1,
+        ),
+        (b'[{"meta":{"type":"a"},"data":[1e400,123456789012345678901]}]', "invalid_json", 0),
+        (b'[{"meta":{"type":"a"},"data":"' + b"x" * 200 + b'"}]', "too_large", 0),
+    ],
+)
+def test_invalid_batch_names_the_event(raw: bytes, reason: str, index: int | None) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        parse_batch(raw, max_bytes=128)
+    assert info.value.reason == reason
+    assert info.value.index == index
+    if index is not None:
+        assert str(info.value).startswith(f"event {index}: ")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from plasma.config import SETTINGS, Config, parse_bool, parse_duration
 from plasma.errors import ConfigError, InvalidEvent
-from plasma.events import Event, parse_event
+from plasma.events import Event, parse_batch, parse_event
 from plasma.hub import Flushable, Hub
 from plasma.metrics import Metrics
 from plasma.subscription import InvalidSubscription, parse_types, split_types
@@ -42,6 +42,35 @@ event_types = st.lists(segments, min_size=1, max_size=4).map(":".join)
 
 
 # --- events -------------------------------------------------------------------------------
+
+
+_elements = st.one_of(
+    json_values.map(orjson.dumps),  # any JSON value: mostly not an event
+    st.builds(
+        lambda t, d: orjson.dumps({"meta": {"type": t}, "data": d}), event_types, json_values
+    ),
+)
+
+
+@given(st.lists(_elements, max_size=6))
+def test_a_batch_parses_as_its_events_would_one_by_one(elements: list[bytes]) -> None:
+    """The publish API's batch parser accepts or refuses exactly what parse_event does."""
+    singles: list[Any] = []
+    for element in elements:
+        try:
+            singles.append(parse_event(element))
+        except InvalidEvent:
+            singles.append(None)
+    raw = b"[" + b",".join(elements) + b"]"
+    try:
+        batch = parse_batch(raw)
+    except InvalidEvent as exc:
+        assert exc.index is not None  # the body is one JSON array: an element is invalid,
+        assert singles[exc.index] is None  # and it is the first invalid one
+        assert all(s is not None for s in singles[: exc.index])
+        return
+    assert None not in singles
+    assert [(e.type, e.data) for e in batch] == [(e.type, e.data) for e in singles]
 
 
 @given(st.binary(max_size=512))

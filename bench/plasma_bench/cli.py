@@ -70,6 +70,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only the fixed-rate SSE latency, measured by the C client in bench/native",
     )
     p.add_argument(
+        "--publish-api",
+        action="store_true",
+        help="only the publish API: batches of --batch events POSTed to /publish, into Redis",
+    )
+    p.add_argument("--batch", type=int, default=100, help="with --publish-api: events per POST")
+    p.add_argument(
+        "--batches", type=int, default=2000, help="with --publish-api: POSTs per run (2000)"
+    )
+    p.add_argument(
+        "--publishers", type=int, default=8, help="with --publish-api: concurrent POSTs (8)"
+    )
+    p.add_argument(
+        "--source",
+        choices=["redis", "redis-stream"],
+        default="redis",
+        help="with --publish-api: the server's source (redis)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="with --publish-api/--client: runs (3)")
+    p.add_argument(
+        "--client",
+        action="store_true",
+        help="only the Python client: events/s one plasma.client.Subscriber receives, SSE vs gRPC",
+    )
+    p.add_argument(
         "--against",
         choices=["nchan"],
         action="append",
@@ -473,10 +497,33 @@ def _native_line(result: dict[str, Any]) -> str:
     )
 
 
+def _api(args: argparse.Namespace) -> int:
+    from plasma_bench.api import run_client, run_publish_api
+
+    if args.publish_api:
+        rows = run_publish_api(
+            batch_size=args.batch,
+            batches=args.batches,
+            publishers=args.publishers,
+            source=args.source,
+            workers=args.workers or 1,
+            repeat=args.repeat,
+        )
+    else:
+        rows = run_client(events=50_000, repeat=args.repeat)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "publish-api.json" if args.publish_api else "client.json"
+    (args.out / name).write_text(json.dumps({"machine": machine(), "runs": rows}, indent=2))
+    print(f"wrote {args.out / name}")
+    return 1 if any(row.get("errors") for row in rows) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.native_latency:
         return _native(args)
+    if args.publish_api or args.client:
+        return _api(args)
     results = asyncio.run(run(args))
     out: Path = args.out
     path = _write_json(out, results)

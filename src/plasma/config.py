@@ -31,6 +31,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "NatsConfig",
+    "PublishConfig",
     "RedisAddress",
     "RedisConfig",
     "SSEConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "TLSConfig",
     "parse_bool",
     "parse_duration",
+    "read_setting",
     "setting_default",
     "settings_help",
     "settings_markdown",
@@ -178,6 +180,16 @@ def _parse_level(text: str) -> LogLevel:
     return value  # type: ignore[return-value]
 
 
+_RESERVED_PATHS = ("/hc", "/metrics", "/debug")
+
+
+def _parse_path(text: str) -> str:
+    path = text.strip()
+    if not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@/%-]*", path) or path in _RESERVED_PATHS:
+        raise ValueError(f"invalid path {text!r}")
+    return path
+
+
 def _parse_name(text: str) -> str:
     if not text.strip():
         raise ValueError("empty name")
@@ -285,6 +297,19 @@ SETTINGS: tuple[Setting, ...] = (
         parse_bool, "a boolean (true/false, 1/0, t/f)",
     ),
     _string("PLASMA_ORIGIN", "", "`Access-Control-Allow-Origin` value; empty: omitted"),
+    Setting(
+        "PLASMA_PUBLISH_API", "false", "bool",
+        "serve the publish API (`POST` events to `PLASMA_PUBLISH_PATH`)",
+        parse_bool, "a boolean (true/false, 1/0, t/f)",
+    ),
+    Setting(
+        "PLASMA_PUBLISH_PATH", "/publish", "path", "path of the publish API", _parse_path,
+        "a URL path starting with /, other than /hc, /metrics and /debug",
+    ),
+    _integer(
+        "PLASMA_PUBLISH_MAX_BODY", "1048576",
+        "largest publish request body, in bytes; larger: `413`", 64,
+    ),
     _integer("PLASMA_SSE_RETRY", "2000", "milliseconds SSE clients wait before reconnecting", 0),
     Setting(
         "PLASMA_SSE_EVENTQUERY", "eventType", "string", "query parameter listing the types",
@@ -534,6 +559,14 @@ def setting_default(name: str) -> Any:
     return setting.parse(setting.default)
 
 
+def read_setting(environ: Mapping[str, str], name: str) -> Any:
+    """One setting's typed value from ``environ``; raise ``ConfigError`` naming it.
+
+    For the client commands (``plasma sub``/``pub``), which need a few settings, not a
+    complete server configuration."""
+    return _BY_NAME[name].read(environ.get(name, ""))
+
+
 def settings_help() -> str:
     """The settings table for ``plasma --help``: name, kind and default, then the help."""
     width = max(len(s.name) for s in SETTINGS)
@@ -704,6 +737,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PublishConfig:
+    """The publish API: ``PublishConfig(api=True, path="/publish", max_body=1 << 20)``."""
+
+    api: bool = _d("PLASMA_PUBLISH_API")
+    path: str = _d("PLASMA_PUBLISH_PATH")
+    max_body: int = _d("PLASMA_PUBLISH_MAX_BODY")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     """What one client or message may cost; beyond it, a clean refusal."""
 
@@ -812,6 +854,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     history_size: int = _d("PLASMA_HISTORY_SIZE")
     history_ttl: float = _d("PLASMA_HISTORY_TTL")
     history_max_bytes: int = _d("PLASMA_HISTORY_MAX_BYTES")
@@ -923,6 +966,7 @@ class Config:
             metrics=r.section(MetricsConfig, "PLASMA_METRICS_"),
             limits=r.section(LimitsConfig, "PLASMA_"),
             auth=_auth(r),
+            publish=r.section(PublishConfig, "PLASMA_PUBLISH_"),
             history_size=r["PLASMA_HISTORY_SIZE"],
             history_ttl=r["PLASMA_HISTORY_TTL"],
             history_max_bytes=r["PLASMA_HISTORY_MAX_BYTES"],

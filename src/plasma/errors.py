@@ -47,8 +47,11 @@ class SourceGaveUp(SourceError):
 
 
 class InvalidEvent(PlasmaError):
-    """A broker message is not a valid event; ``reason`` is a short metric label."""
+    """A broker message is not a valid event; ``reason`` is a short metric label.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    ``index`` names the event within a batch (the publish API), when there is one."""
+
+    def __init__(self, reason: str, detail: str, index: int | None = None) -> None:
         self.reason = reason
+        self.index = index
         super().__init__(detail)

@@ -22,7 +22,15 @@ import orjson
 from plasma.config import setting_default
 from plasma.errors import InvalidEvent
 
-__all__ = ["EVENT_OVERHEAD", "MAX_EVENT_BYTES", "Encoder", "Event", "parse_event", "type_prefixes"]
+__all__ = [
+    "EVENT_OVERHEAD",
+    "MAX_EVENT_BYTES",
+    "Encoder",
+    "Event",
+    "parse_batch",
+    "parse_event",
+    "type_prefixes",
+]
 
 MAX_EVENT_BYTES: int = setting_default("PLASMA_MAX_EVENT_SIZE")
 """Default upper bound of one incoming message; larger ones are skipped."""
@@ -145,6 +153,11 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     if len(raw) > max_bytes:
         raise InvalidEvent("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
     obj, fast = _loads(raw)
+    return _event_from(obj, fast)
+
+
+def _event_from(obj: Any, fast: bool) -> Event:
+    """The event a parsed message holds; ``fast``: it was read by orjson (exactly)."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"message is a JSON {type(obj).__name__}, not an object")
     meta = obj.get("meta")
@@ -175,6 +188,31 @@ def parse_event(raw: bytes | str, max_bytes: int = MAX_EVENT_BYTES) -> Event:
             raise InvalidEvent("too_deep", "data is nested too deeply to forward") from None
     # Types repeat: one shared string per type instead of one per event held.
     return Event(sys.intern(event_type), data)
+
+
+def parse_batch(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> list[Event]:
+    """Parse a JSON array of events (a publish API batch): each by ``parse_event``'s rules.
+
+    The body is read once; the first invalid element raises ``InvalidEvent`` with its
+    ``index``. An element whose compact form is over ``max_bytes`` is ``too_large``.
+    """
+    items, fast = _loads(raw)
+    if not isinstance(items, list):
+        raise InvalidEvent("not_array", "a batch is a JSON array of events")
+    events = []
+    for index, item in enumerate(items):
+        try:
+            event = _event_from(item, fast)
+        except InvalidEvent as exc:
+            raise InvalidEvent(exc.reason, f"event {index}: {exc}", index) from None
+        if len(event.body) > max_bytes:
+            raise InvalidEvent(
+                "too_large",
+                f"event {index}: {len(event.body)} bytes exceeds {max_bytes}",
+                index,
+            )
+        events.append(event)
+    return events
 
 
 def type_prefixes(event_type: str) -> list[str]:

@@ -26,6 +26,7 @@ from plasma.sources import create_source
 from plasma.transports.grpc.transport import GrpcTransport
 from plasma.transports.handshakes import TLSHandshakes
 from plasma.transports.http.meta import MetaEndpoints
+from plasma.transports.http.publish import PublishEndpoint, allow_all
 from plasma.transports.http.server import create_http_server, setup_http_logging
 from plasma.transports.listener import SniffingFactory
 from plasma.transports.sse.connection import SSEConnection
@@ -113,6 +114,21 @@ class Server:
             authorizer=self.authorizer,
             buffers=self.buffers,
         )
+        self.publish = (
+            PublishEndpoint(
+                self.source.publish_many,
+                path=config.publish.path,
+                max_body=config.publish.max_body,
+                max_event_bytes=config.limits.max_event_size,
+                channels=_publish_channels(config),
+                body_timeout=config.limits.header_timeout,
+                retry_after=config.source.redis.retry_interval,
+                # With access control on, the token's publish list must cover every event.
+                authorize=self.authorizer.check_publish if self.authorizer.enabled else allow_all,
+            )
+            if config.publish.api
+            else None
+        )
         self.meta = MetaEndpoints(
             self.source,
             self.metrics,
@@ -124,6 +140,7 @@ class Server:
             authorizer=self.authorizer,
             metrics_token=endpoint_tokens.metrics,
             debug_token=endpoint_tokens.debug,
+            publish=self.publish,
         )
         self._http: web_server.Server | None = None
         self._metrics_sender: MetricsSender | None = None
@@ -194,6 +211,12 @@ class Server:
                 "worker": self.worker_id,
             },
         )
+        if self.publish is not None and self.publish.open_to_all and not self.worker_id:
+            log.warning(
+                "the publish API is on without access control: anyone who can reach the port "
+                "may publish",
+                extra={"path": self.publish.path},
+            )
 
     def whole_server_snapshot(self) -> dict[str, Any]:
         """This process's metrics, summed with its sibling workers' latest snapshots."""
@@ -301,6 +324,16 @@ class Server:
                 await asyncio.wait_for(server.wait_closed(), 1.0)
         self.metrics.runtime.stop()
         log.info("plasma stopped")
+
+
+def _publish_channels(config: Config) -> tuple[str, ...]:
+    """What ``?channel=`` of the publish API may name: the source's channels or subjects."""
+    source = config.source
+    if source.type == "mock":
+        return ()
+    if source.type.startswith("nats"):
+        return source.nats.subjects
+    return source.redis.channels
 
 
 async def serve(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> None:

@@ -73,7 +73,8 @@ async def test_mock_source_publish_goes_into_the_hub() -> None:
         async with asyncio.timeout(5):
             while not metrics.source_up:  # run() has handed the source its hub
                 await asyncio.sleep(0.01)
-        await source.publish(b'{"meta":{"type":"debug:x"},"data":{"ok":true}}')
+        ids = await source.publish_many([b'{"meta":{"type":"debug:x"},"data":{"ok":true}}'])
+        assert ids[0] is not None and ids[0].startswith(hub.epoch)
         async with asyncio.timeout(5):
             while not collector.events:
                 await asyncio.sleep(0.01)

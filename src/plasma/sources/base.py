@@ -21,8 +21,13 @@ class Source(Protocol):
     async def healthy(self) -> bool:
         """Whether the broker answers right now; returns within about a second, never raises."""
 
-    async def publish(self, raw: bytes) -> None:
-        """Publish one raw event through the broker (the /debug page); may raise ``SourceError``."""
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        """Publish valid events through the broker, all or none (the publish API, ``/debug``).
+
+        ``channel`` is one of the configured channels (default: the first). Returns each
+        event's id where it is known now (a stream entry id), else ``None``; raises
+        ``SourceError`` when the broker is unreachable, having published nothing.
+        """
 
     async def aclose(self) -> None:
         """Release connections; idempotent."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from plasma.errors import SourceError
 from plasma.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -43,9 +44,12 @@ class MockSource:
     async def healthy(self) -> bool:
         return True
 
-    async def publish(self, raw: bytes) -> None:
-        if self._hub is not None:
-            self._hub.publish_raw(raw, "debug")
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        hub = self._hub
+        if hub is None:
+            raise SourceError("the mock source is not running yet")
+        events = [hub.publish_raw(raw, "publish") for raw in raws]
+        return [e.id if e is not None else None for e in events]
 
     async def aclose(self) -> None:
         self._metrics.source_up = 0

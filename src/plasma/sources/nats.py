@@ -78,14 +78,18 @@ class NatsSource:
     async def healthy(self) -> bool:
         return await self._nats.healthy()
 
-    async def publish(self, raw: bytes) -> None:
-        subject = debug_subject(self._nats.config.subjects)
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        """Publish on ``channel`` or the first subject without wildcards; core NATS has no
+        transaction, so a connection lost mid-batch may have published part of it."""
+        subject = channel or debug_subject(self._nats.config.subjects)
         try:
             client = self._nats.require()
-            await client.publish(subject, raw)
+            for raw in raws:
+                await client.publish(subject, raw)
             await client.flush(timeout=PROBE_TIMEOUT)  # type: ignore[arg-type]
         except (NatsError, OSError, TimeoutError) as exc:
             raise SourceError(f"cannot publish to nats at {self._nats.address}: {exc}") from exc
+        return [None] * len(raws)  # each plasma gives the id when the message arrives
 
     async def aclose(self) -> None:
         await self._nats.close()

@@ -175,17 +175,25 @@ class NatsJetStreamSource:
     async def healthy(self) -> bool:
         return await self._nats.healthy()
 
-    async def publish(self, raw: bytes) -> None:
-        subject = debug_subject(self._nats.config.subjects)
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        """Publish on ``channel`` or the first subject without wildcards; each acknowledged
+        message's stream sequence is its id. JetStream has no batch transaction: a failure
+        mid-batch leaves the events before it published."""
+        subject = channel or debug_subject(self._nats.config.subjects)
+        ids: list[str | None] = []
         try:
-            await asyncio.wait_for(
-                self._jetstream().publish(subject, raw, stream=self._nats.config.stream),
-                PROBE_TIMEOUT * 2,
-            )
+            jetstream = self._jetstream()
+            for raw in raws:
+                ack = await asyncio.wait_for(
+                    jetstream.publish(subject, raw, stream=self._nats.config.stream),
+                    PROBE_TIMEOUT * 2,
+                )
+                ids.append(str(ack.seq))
         except (NatsError, OSError, TimeoutError) as exc:
             raise SourceError(
                 f"cannot publish to jetstream at {self._nats.address}: {exc}"
             ) from exc
+        return ids
 
     async def aclose(self) -> None:
         await self._nats.close()

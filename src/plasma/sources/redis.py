@@ -25,7 +25,6 @@ from plasma.metrics import Metrics
 from plasma.sources.redis_clients import is_pattern
 from plasma.sources.redis_cluster import listen_sharded
 from plasma.sources.redis_connection import (
-    PROBE_TIMEOUT,
     RedisConnection,
     cancel_requested,
     quietly,
@@ -125,20 +124,14 @@ class RedisSource:
     async def healthy(self) -> bool:
         return await self._redis.healthy()
 
-    async def publish(self, raw: bytes) -> None:
-        redis = self._redis
-        c = redis.config
-        channel = next((ch for ch in c.channels if not is_pattern(ch)), None)
-        if channel is None:
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        c = self._redis.config
+        key = channel or next((ch for ch in c.channels if not is_pattern(ch)), None)
+        if key is None:
             raise SourceError("every channel in PLASMA_SUBSCRIBER_REDIS_CHANNELS is a pattern")
-        command = "SPUBLISH" if c.cluster and c.sharded else "PUBLISH"
-        try:
-            await asyncio.wait_for(
-                redis.probe.execute_command(command, channel, raw), PROBE_TIMEOUT
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            await redis.reset_probe()
-            raise SourceError(f"cannot publish to redis at {redis.address}: {exc}") from exc
+        command = b"SPUBLISH" if c.cluster and c.sharded else b"PUBLISH"
+        await self._redis.publish_batch((command, key.encode()), raws)
+        return [None] * len(raws)  # each plasma gives the id when the message arrives
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -3,7 +3,8 @@
 Connection lifecycle: ``listen`` connects and reads until the connection fails; then the
 shared ``Reconnect`` policy retries (at once after a loss, then every ``retry_interval``; ``die``
 or ``alive`` after ``max_retry`` failures in a row). A second, short-timeout client (the
-*probe*) answers the health monitor and the ``/debug`` publish without touching the reading one.
+*probe*) answers the health monitor without touching the reading one, and a third (``BatchWriter``)
+publishes batches (the publish API, ``/debug``) in ``MULTI``/``EXEC`` transactions.
 
 Every client speaks RESP2, which every Redis understands: redis-py 8 opens with ``HELLO 3`` by
 default, and a Redis older than 6 answers that with an error, so plasma could not subscribe at
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis._parsers import _AsyncRESP2Parser  # redis-py's own parser, in Python
@@ -26,8 +28,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from plasma.config import RedisConfig
+from plasma.errors import SourceError
 from plasma.metrics import Metrics
 from plasma.sources.reconnect import Reconnect, cancel_requested
+from plasma.sources.redis_batch import BatchWriter
 from plasma.sources.redis_clients import cluster_client, describe, node_client, server_client
 
 __all__ = ["PROBE_TIMEOUT", "RedisConnection", "cancel_requested", "quietly"]
@@ -63,6 +67,7 @@ class RedisConnection:
             )
         )
         """A short-timeout client for health checks and single commands."""
+        self._batches: BatchWriter | None = None
         self._closed = False
 
     def client(self, timeout: float | None) -> aioredis.Redis:
@@ -102,6 +107,41 @@ class RedisConnection:
             await self.reset_probe()
             return False
 
+    async def publish_batch(self, args: tuple[bytes, ...], values: list[bytes]) -> list[Any]:
+        """``args + (value,)`` for every value in one ``MULTI``/``EXEC``: all or none.
+
+        On its own connection (``BatchWriter``), so a large batch neither waits behind nor
+        delays ``/hc``. Raises ``SourceError`` when Redis is unreachable.
+        """
+        c = self.config
+        if c.cluster or c.sentinels or c.tls or c.username:
+            return await self._publish_with_client(args, values)
+        if self._batches is None:
+            self._batches = BatchWriter(
+                c.host, c.port, password=c.password, db=c.db, timeout=c.timeout * 5
+            )
+        return await self._batches.multi_exec(args, values)
+
+    async def _publish_with_client(self, args: tuple[bytes, ...], values: list[bytes]) -> list[Any]:
+        """The same through redis-py, for the shapes ``BatchWriter`` does not speak (Sentinel,
+        TLS, ACL users: one ``MULTI``/``EXEC``; a cluster: one command per event, since its
+        channel or stream lives on one slot's master but a cluster has no cross-node
+        transaction)."""
+        probe = self.probe
+        try:
+            if isinstance(probe, RedisCluster):
+                return [
+                    await asyncio.wait_for(probe.execute_command(*args, value), PROBE_TIMEOUT)
+                    for value in values
+                ]
+            pipe = probe.pipeline(transaction=True)
+            for value in values:
+                pipe.execute_command(*args, value)
+            return await asyncio.wait_for(pipe.execute(), self.config.timeout * 5)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            await self.reset_probe()
+            raise SourceError(f"cannot publish to redis at {self.address}: {exc}") from exc
+
     async def reset_probe(self) -> None:
         """After a failed or timed-out command the probe may be mid-reply: start afresh."""
         if isinstance(self.probe, aioredis.Redis):  # a cluster client resets its own nodes
@@ -113,6 +153,8 @@ class RedisConnection:
         self._closed = True
         self._metrics.source_up = 0
         await quietly(self.probe.aclose())
+        if self._batches is not None:
+            await self._batches.aclose()
 
 
 async def quietly(awaitable: object) -> None:

@@ -196,12 +196,7 @@ class RedisStreamSource:
         removed = int(info.get("entries-added", info.get("length", 0))) > int(info["length"])
         return not (removed and after < _order(_text(first[0])))
 
-    async def publish(self, raw: bytes) -> None:
-        redis = self._redis
-        try:
-            await asyncio.wait_for(
-                redis.probe.xadd(redis.config.channels[0], {EVENT_FIELD: raw}), PROBE_TIMEOUT
-            )
-        except (RedisError, OSError, TimeoutError) as exc:
-            await redis.reset_probe()
-            raise SourceError(f"cannot add to redis stream at {redis.address}: {exc}") from exc
+    async def publish_many(self, raws: list[bytes], channel: str | None = None) -> list[str | None]:
+        key = channel or self._redis.config.channels[0]
+        ids = await self._redis.publish_batch((b"XADD", key.encode(), b"*", EVENT_FIELD), raws)
+        return [_text(entry_id) for entry_id in ids]

@@ -1,8 +1,9 @@
-"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``.
+"""The endpoints on the HTTP side: ``/hc``, ``/metrics``, and when enabled ``/debug`` and the
+publish API.
 
-With access control on, ``POST /debug`` needs a token that may publish the event's type
-(``Authorizer.check_publish``); ``/metrics`` and ``/debug``'s page may each require a fixed
-bearer token of their own (``PLASMA_METRICS_TOKEN``, ``PLASMA_DEBUG_TOKEN``).
+With access control on, ``POST /debug`` and the publish API need a token that may publish the
+events' types (``Authorizer.check_publish``); ``/metrics`` and ``/debug``'s page may each
+require a fixed bearer token of their own (``PLASMA_METRICS_TOKEN``, ``PLASMA_DEBUG_TOKEN``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from plasma.health import HealthMonitor
 from plasma.metrics import Metrics
 from plasma.sources.base import Source
 from plasma.transports.access import log_request
+from plasma.transports.http.publish import PublishEndpoint
 
 __all__ = ["MetaEndpoints"]
 
@@ -57,6 +59,7 @@ class MetaEndpoints:
         authorizer: Authorizer | None = None,
         metrics_token: StaticToken | None = None,
         debug_token: StaticToken | None = None,
+        publish: PublishEndpoint | None = None,
     ) -> None:
         self._source = source
         self._health = health
@@ -69,6 +72,7 @@ class MetaEndpoints:
         self._debug = debug
         self._origin = origin
         self._debug_page: bytes | None = None
+        self._publish = publish
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
@@ -97,6 +101,8 @@ class MetaEndpoints:
             if refusal is not None:
                 return refusal
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if self._publish is not None and path == self._publish.path:
+            return await self._publish.handle(request)
         if self._event_query in request.query:  # a stream URL opened without the header
             return web.Response(status=404, text=_NOT_A_STREAM)
         return web.Response(status=404, text="404 page not found\n")
@@ -160,7 +166,7 @@ class MetaEndpoints:
         if (refusal := self._authorizer.check_publish(request, [event.type])) is not None:
             return refusal
         try:
-            await self._source.publish(raw)
+            await self._source.publish_many([raw])
         except SourceError as exc:
             return _json({"error": str(exc)}, status=503)
         self._metrics.events_published_debug += 1
