@@ -283,17 +283,22 @@ def _publisher(args: argparse.Namespace, environ: Mapping[str, str]) -> Publishe
     channel = args.channel or (channels[0] if channels else None)
     if not channel:
         raise ValueError("--redis needs --channel (or PLASMA_SUBSCRIBER_REDIS_CHANNELS)")
+    scheme = "redis"
+    password = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_PASSWORD")
+    db = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_DB")
     if args.redis:
         host, _, port = args.redis.rpartition(":")
         address = f"{host or 'localhost'}:{port}"
     else:
-        host, port = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_ADDR")
+        configured = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_ADDR")
+        host, port = configured.addrs[0]
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    password = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_PASSWORD")
-    db = read_setting(environ, "PLASMA_SUBSCRIBER_REDIS_DB")
+        scheme = "rediss" if configured.tls else "redis"
+        password = configured.password or password
+        db = configured.db if configured.db is not None else db
     auth = f":{quote(password, safe='')}@" if password else ""
     stream = args.stream or read_setting(environ, "PLASMA_SUBSCRIBER_TYPE") == "redis-stream"
-    return Publisher(f"redis://{auth}{address}/{db}", channel=channel, stream=stream)
+    return Publisher(f"{scheme}://{auth}{address}/{db}", channel=channel, stream=stream)
 
 
 async def _pub(publisher: Publisher, events: list[Any]) -> list[str | None]:
