@@ -164,6 +164,7 @@ class NodeFeed:
         except TimeoutError:
             transport.close()
             raise FeedLost("the node's source reader sent no history in time") from None
+        log.info("joined the node's events", extra={"history": len(hub.history)})
 
     def received(self, kind: int, payload: bytes) -> None:
         hub = self._hub
