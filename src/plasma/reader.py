@@ -51,6 +51,10 @@ _BACKLOG_LIMIT = 32 * 1024 * 1024
 """Bytes a worker may leave unread before the reader drops it (Redis drops a pub/sub client
 at the same size): a worker that far behind cannot vouch for its history; it exits and the
 supervisor starts a fresh one, which receives the history again."""
+_BATCH_EVENTS = 64
+"""Most events in one frame (~13 KB of 200-byte events). A 200-event burst read in one turn
+leaves in four frames: the workers fan out the first while the reader still parses the rest,
+which measured as fast as one frame per turn or faster (docs/benchmarks.md)."""
 _STATUS_INTERVAL = 0.25
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -132,7 +136,8 @@ class NodeReader:
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._thread_main, name="plasma-reader")
+        # A daemon: a reader stuck past the stop timeout must not keep the supervisor alive.
+        self._thread = threading.Thread(target=self._thread_main, name="plasma-reader", daemon=True)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._source_up = -1
 
@@ -228,9 +233,11 @@ class NodeReader:
     # --- feeding the workers ------------------------------------------------------------------
 
     def queue(self, event: Event) -> None:
-        """Send ``event`` at the end of this loop turn, with every other event read in it."""
+        """Send ``event`` at the end of this loop turn (or of its batch) with the others."""
         self._pending.append(event)
-        if not self._flush_scheduled:
+        if len(self._pending) >= _BATCH_EVENTS:
+            self._flush()  # the workers start on these while the reader parses the rest
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             assert self._loop is not None
             self._loop.call_soon(self._flush)
