@@ -5,6 +5,7 @@ PlasmaError
 ├── StartupError     the server cannot start (port in use, bad TLS files): exit 1
 ├── SourceError      the broker connection failed: reconnect with back-off
 │   └── SourceGaveUp the retry budget is spent and the policy says die: exit 3
+├── FeedLost         a worker lost its node's source reader: exit 4, the supervisor restarts it
 └── InvalidEvent     a message on a channel is not an event: count, log, skip
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "FeedLost",
     "InvalidEvent",
     "PlasmaError",
     "SourceError",
@@ -44,6 +46,10 @@ class SourceError(PlasmaError):
 
 class SourceGaveUp(SourceError):
     """The source exhausted its retries and is configured to die."""
+
+
+class FeedLost(PlasmaError):
+    """A worker's feed from its node's source reader ended: its history can no longer vouch."""
 
 
 class InvalidEvent(PlasmaError):

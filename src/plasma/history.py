@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 
 from plasma.events import EVENT_OVERHEAD, Event
 
@@ -35,6 +36,10 @@ class History:
 
     def __len__(self) -> int:
         return len(self._events)
+
+    def __iter__(self) -> Iterator[Event]:
+        """The events held, oldest first (a joining worker's copy of the node's history)."""
+        return iter(self._events)
 
     def mark(self, event_id: str) -> None:
         """Remember an id that precedes every event still to come (the start of time)."""

@@ -252,6 +252,13 @@ class Hub:
         """
         self._seq += 1
         event = self._gap_event(self.last_id, f"{self.epoch}-{self._seq}")
+        self.broadcast_gap(event)
+        self.metrics.source_gaps += 1
+        return event
+
+    def broadcast_gap(self, event: Event) -> None:
+        """Give a gap event to every open stream, whatever it subscribed to, and keep it in
+        the history (``announce_gap``'s, or one a node's reader announced for its workers)."""
         self.history.append(event)
         for tap in self._taps:
             tap.append(event)
@@ -261,9 +268,7 @@ class Hub:
                 self._dirty.append(target)
         if self._dirty and not self._flush_scheduled:
             self._schedule_flush()
-        self.metrics.source_gaps += 1
         self.metrics.gaps_sent += len(self._types)
-        return event
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Stop delivering to ``subscriber`` (and end its replay); unknown ones are ignored."""

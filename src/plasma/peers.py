@@ -2,7 +2,8 @@
 
 Each worker writes its snapshot about once a second (atomically: write, then rename), and
 reads the others' when asked for ``/metrics`` or ``/hc``. Files older than a few seconds
-belong to workers that died and are ignored until their replacement writes again.
+belong to workers that died and are ignored until their replacement writes again. The
+node's source reader (``plasma.reader``, in the supervisor) writes one too, as ``reader``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ _STALE_AFTER = 5.0
 class Peers:
     """This worker's view of its siblings' latest metrics snapshots."""
 
-    def __init__(self, directory: str, worker_id: int) -> None:
+    def __init__(self, directory: str, worker_id: int | str) -> None:
         self.directory = Path(directory)
         self.worker_id = worker_id
         self._own = self.directory / f"worker-{worker_id}.json"

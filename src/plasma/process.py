@@ -11,9 +11,15 @@ import logging
 import resource
 
 from plasma.config import Config
-from plasma.errors import SourceGaveUp, StartupError
+from plasma.errors import FeedLost, SourceGaveUp, StartupError
 
-__all__ = ["EXIT_SOURCE_GAVE_UP", "EXIT_STARTUP", "raise_open_file_limit", "run_server"]
+__all__ = [
+    "EXIT_FEED_LOST",
+    "EXIT_SOURCE_GAVE_UP",
+    "EXIT_STARTUP",
+    "raise_open_file_limit",
+    "run_server",
+]
 
 log = logging.getLogger("plasma.process")
 
@@ -21,6 +27,8 @@ EXIT_STARTUP = 1
 """The server cannot start (port in use, unreadable TLS files)."""
 EXIT_SOURCE_GAVE_UP = 3
 """The source spent its retries and ``PLASMA_SUBSCRIBER_REDIS_OVER_MAX_RETRY_BEHAVIOR=die``."""
+EXIT_FEED_LOST = 4
+"""A worker lost its node's source reader (``plasma.feed``); the supervisor starts another."""
 
 
 def raise_open_file_limit() -> None:
@@ -35,7 +43,9 @@ def raise_open_file_limit() -> None:
         pass
 
 
-def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> int:
+def run_server(
+    config: Config, *, worker_id: int | None = None, peers_dir: str = "", feed_path: str = ""
+) -> int:
     """Run one server process in this process; return the exit status."""
     from plasma.server import serve
 
@@ -48,13 +58,16 @@ def run_server(config: Config, *, worker_id: int | None = None, peers_dir: str =
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir))
+            runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir, feed_path=feed_path))
     except StartupError as exc:
         log.critical(str(exc))  # once, on the error log: the message names the setting to change
         return EXIT_STARTUP
     except SourceGaveUp as exc:
         log.critical("giving up: %s", exc)
         return EXIT_SOURCE_GAVE_UP
+    except FeedLost as exc:
+        log.error("stopping this worker: %s", exc)
+        return EXIT_FEED_LOST
     except KeyboardInterrupt:
         return 0
     return 0

@@ -16,13 +16,14 @@ from aiohttp import web, web_server
 from plasma.auth.setup import EndpointTokens, build_authorizer
 from plasma.buffers import ClientBuffers
 from plasma.config import Config, TLSConfig
-from plasma.errors import ConfigError, SourceGaveUp, StartupError
+from plasma.errors import ConfigError, FeedLost, SourceGaveUp, StartupError
 from plasma.exporters.sender import MetricsSender
+from plasma.feed import NodeFeed
 from plasma.health import HealthMonitor
 from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics, merge_snapshots
 from plasma.peers import Peers
-from plasma.sources import create_source
+from plasma.sources import Source, create_source
 from plasma.transports.grpc.transport import GrpcTransport
 from plasma.transports.handshakes import TLSHandshakes
 from plasma.transports.http.meta import MetaEndpoints
@@ -70,7 +71,12 @@ class Server:
     """Owns every long-lived part; ``start`` listens, ``aclose`` stops in aiohttp's order."""
 
     def __init__(
-        self, config: Config, *, peers: Peers | None = None, worker_id: int | None = None
+        self,
+        config: Config,
+        *,
+        peers: Peers | None = None,
+        worker_id: int | None = None,
+        feed_path: str = "",
     ) -> None:
         self.config = config
         self.peers = peers
@@ -89,9 +95,12 @@ class Server:
         except ConfigError as exc:  # checked with the settings; a key file changed since
             raise StartupError(str(exc)) from None
         self.buffers = ClientBuffers(config.max_buffered_bytes, self.metrics)
-        self.source = create_source(config.source, self.metrics)
-        if isinstance(self.source, Archive):  # a source with its own history (Redis Streams)
-            self.hub.archive = self.source
+        source: Source = create_source(config.source, self.metrics)
+        if isinstance(source, Archive):  # a source with its own history (Redis Streams)
+            self.hub.archive = source
+        elif feed_path:  # a worker: the node's reader numbers the events (plasma.reader)
+            source = NodeFeed(feed_path, source, self.metrics)
+        self.source = source
         self.sse = SSETransport(
             self.hub,
             config.sse,
@@ -164,6 +173,8 @@ class Server:
         tls = make_tls_context(config.tls) if config.tls.enabled else None
         limits = config.limits
         setup_http_logging()
+        if isinstance(self.source, NodeFeed):
+            await self.source.join(self.hub)  # the node's history first: then resumes find it
         self._http = create_http_server(self._handle_http, limits)
         http = self._http
 
@@ -263,8 +274,8 @@ class Server:
         """Run the source; when it stops for any reason but shutdown, so does the server."""
         try:
             await self.source.run(self.hub)
-        except SourceGaveUp:
-            raise  # the die policy: run() re-raises it and the CLI exits 3
+        except (SourceGaveUp, FeedLost):
+            raise  # run() re-raises it: the CLI exits 3 (the die policy), a worker 4
         except Exception:
             log.exception("source failed unexpectedly; stopping")
             raise
@@ -336,7 +347,9 @@ def _publish_channels(config: Config) -> tuple[str, ...]:
     return source.redis.channels
 
 
-async def serve(config: Config, *, worker_id: int | None = None, peers_dir: str = "") -> None:
+async def serve(
+    config: Config, *, worker_id: int | None = None, peers_dir: str = "", feed_path: str = ""
+) -> None:
     """Run one server process until it is told to stop."""
     peers = Peers(peers_dir, worker_id or 0) if peers_dir else None
-    await Server(config, peers=peers, worker_id=worker_id).run()
+    await Server(config, peers=peers, worker_id=worker_id, feed_path=feed_path).run()

@@ -1,9 +1,12 @@
 """Several worker processes on one port: a supervisor that starts, restarts and drains them.
 
-Each worker is a whole plasma server (hub, source subscription, transports) bound to the same
-port with ``SO_REUSEPORT``, so the kernel spreads connections over the workers and per-delivery
-cost stays what it is in one process. The supervisor serves nothing: it restarts a worker that
-dies, and on SIGTERM/SIGINT/SIGHUP/SIGQUIT asks every worker to drain and waits for them.
+Each worker is a whole plasma server (hub, history, transports) bound to the same port with
+``SO_REUSEPORT``, so the kernel spreads connections over the workers and per-delivery cost stays
+what it is in one process. The supervisor serves no client: it reads the source once for the
+node (``plasma.reader``, a thread) and feeds every worker the same numbered events, so any
+worker resumes any id the node issued; it restarts a worker that dies (the new one gets the
+node's history before it listens), and on SIGTERM/SIGINT/SIGHUP/SIGQUIT asks every worker to
+drain and waits for them. Sources that carry broker ids (Redis Streams) are read by each worker.
 Workers share their metrics through small snapshot files (see ``plasma.peers``), so ``/metrics``
 and ``/hc`` on any worker speak for the whole server.
 """
@@ -26,6 +29,7 @@ from plasma.config import Config
 from plasma.errors import StartupError
 from plasma.logging import configure_logging
 from plasma.process import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, run_server
+from plasma.reader import NodeReader, start_reader
 
 __all__ = ["run_workers", "worker_count"]
 
@@ -59,10 +63,10 @@ def _check_port(config: Config) -> None:
             ) from exc
 
 
-def _worker_main(config: Config, worker_id: int, peers_dir: str) -> None:
+def _worker_main(config: Config, worker_id: int, peers_dir: str, feed_path: str) -> None:
     """Entry point of one worker process."""
     configure_logging(config.error_log, config.access_log)
-    sys.exit(run_server(config, worker_id=worker_id, peers_dir=peers_dir))
+    sys.exit(run_server(config, worker_id=worker_id, peers_dir=peers_dir, feed_path=feed_path))
 
 
 class _Supervisor:
@@ -78,11 +82,12 @@ class _Supervisor:
         self.exit_code = 0
         self.started_at: dict[int, float] = {}
         self.delays: dict[int, float] = {}
+        self.reader: NodeReader | None = None
 
     def spawn(self, worker_id: int) -> None:
         process = self.context.Process(
             target=_worker_main,
-            args=(self.config, worker_id, self.peers_dir),
+            args=(self.config, worker_id, self.peers_dir, self.reader.path if self.reader else ""),
             name=f"plasma-worker-{worker_id}",
             daemon=False,
         )
@@ -97,16 +102,26 @@ class _Supervisor:
     def run(self) -> int:
         for sig in _STOP_SIGNALS:
             signal.signal(sig, self.request_stop)
-        for worker_id in range(self.count):
-            self.spawn(worker_id)
         try:
+            self.reader = start_reader(self.config, self.peers_dir)
+            for worker_id in range(self.count):
+                self.spawn(worker_id)
             while not self.stopping:
                 sentinels = {p.sentinel: wid for wid, p in self.workers.items()}
                 ready = wait(list(sentinels), timeout=0.5)
                 for sentinel in ready:
                     self._reap(sentinels[sentinel])  # type: ignore[index]
+                if self.reader is not None and self.reader.exit_code is not None:
+                    self.exit_code = self.reader.exit_code
+                    self.stopping = True
+        except StartupError as exc:
+            log.critical(str(exc))
+            print(f"plasma: {exc}", file=sys.stderr)
+            self.exit_code = EXIT_STARTUP
         finally:
             self._drain()
+            if self.reader is not None:
+                self.reader.stop()  # after the workers: they drain with the feed still open
             shutil.rmtree(self.peers_dir, ignore_errors=True)
         return self.exit_code
 
