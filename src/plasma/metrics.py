@@ -94,6 +94,8 @@ class Metrics:
         self.clients_dropped: Counter[str] = Counter()
         self.source_up = 0
         self.source_reconnects = 0
+        self.gaps_sent = 0
+        """Gap events given to clients (a resume the server could not vouch for)."""
         self.fanout = Histogram(FANOUT_BUCKETS)
         self.latency = Histogram(LATENCY_BUCKETS)
         self.runtime = RuntimeStats()
@@ -155,6 +157,7 @@ class Metrics:
             clients_dropped_by_reason=dict(self.clients_dropped),
             source_up=self.source_up,
             source_reconnects=self.source_reconnects,
+            gaps_sent=self.gaps_sent,
             event_fanout_seconds=self.fanout.snapshot(),
             event_write_latency_seconds=self.latency.snapshot(),
             started=self.started,

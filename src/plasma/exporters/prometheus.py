@@ -4,7 +4,8 @@
 ``application/openmetrics-text`` or ``text/plain`` (as Prometheus does). The exposition is
 built from a snapshot (plain data, possibly merged across worker processes) by a collector
 that prometheus-client's own encoders render; the hot path never touches prometheus-client.
-Every series is low-cardinality: labels are transports, close reasons and skip reasons only.
+Every series is low-cardinality: labels are transports, close reasons and skip reasons, and
+the event types of the 20 most-subscribed types only.
 """
 
 from __future__ import annotations
@@ -169,6 +170,19 @@ class SnapshotCollector(Collector):
         )
         yield _counter(
             "plasma_source_reconnects", "Reconnects of the event source.", s, "source_reconnects"
+        )
+        yield _counter(
+            "plasma_gaps_sent",
+            "Gap events given to clients: a resume the server could not vouch for.",
+            s,
+            "gaps_sent",
+        )
+        yield _by_label(
+            GaugeMetricFamily,
+            "plasma_type_subscribers",
+            "Subscribers of the most-subscribed event types (the top 20 only).",
+            "type",
+            s.get("subscribed_types", {}),
         )
         yield _histogram(
             "plasma_event_fanout_seconds",

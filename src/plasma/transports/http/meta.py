@@ -1,4 +1,5 @@
-"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) ``/debug``."""
+"""The meta endpoints on the HTTP side: ``/hc``, ``/metrics`` and (when enabled) the ``/debug``
+console with its ``/debug/stats`` figures."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import importlib.resources
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -21,8 +23,10 @@ from plasma.transports.access import log_request
 __all__ = ["MetaEndpoints"]
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 class MetaEndpoints:
@@ -64,6 +68,8 @@ class MetaEndpoints:
             return await self._allow(request, ("GET", "HEAD"), self.metrics)
         if path == "/debug" and self._debug:
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if path == "/debug/stats" and self._debug:
+            return await self._allow(request, ("GET", "HEAD"), self.debug_stats)
         return web.Response(status=404, text="404 page not found\n")
 
     @staticmethod
@@ -87,15 +93,27 @@ class MetaEndpoints:
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
         """JSON by default; the Prometheus/OpenMetrics exposition when the scrape asks for it."""
-        snapshot = self._snapshot()
-        if inspect.isawaitable(snapshot):
-            snapshot = await snapshot
+        snapshot = await self._whole_snapshot()
         accept = request.headers.get("Accept", "")
         fmt = request.query.get("format", "")
         if not wants_exposition(accept, fmt):
             return _json(snapshot)
         body, content_type = render_exposition(snapshot, accept, fmt)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _whole_snapshot(self) -> dict[str, Any]:
+        snapshot = self._snapshot()
+        if inspect.isawaitable(snapshot):
+            snapshot = await snapshot
+        return snapshot
+
+    async def debug_stats(self, request: web.BaseRequest) -> web.Response:
+        """What the ``/debug`` console draws: the whole server's figures, as ``/metrics`` JSON.
+
+        Served under ``/debug`` so the console needs only the debug page's access, not the
+        metrics endpoint's.
+        """
+        return _json(await self._whole_snapshot(), headers={"Cache-Control": "no-store"})
 
     async def debug(self, request: web.BaseRequest) -> web.Response:
         if request.method != "POST":
