@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.support import PlasmaProcess, RedisServer, redis_env, wait_subscribed
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PlasmaProcess,
+    RedisServer,
+    redis_env,
+    wait_subscribed,
+)
 
 # Property tests: a few hundred examples in the normal suite; `--hypothesis-profile=fuzz` is
 # the long fuzz run (see tests/test_fuzz.py).
@@ -26,6 +34,21 @@ def _clean_plasma_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("PLASMA_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Headless Chromium (Debian's), driven by Playwright."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (./scripts/test installs Debian's chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture

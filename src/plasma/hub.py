@@ -10,6 +10,7 @@ under 1 us, so the number of writes decides throughput (docs/architecture.md, "T
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import secrets
 from time import monotonic, perf_counter
@@ -280,6 +281,11 @@ class Hub:
                 bucket.pop(subscriber, None)
                 if not bucket:
                     del self._index[t]
+
+    def top_types(self, n: int) -> dict[str, int]:
+        """The ``n`` types with the most subscribers, and how many each has (for operators)."""
+        largest = heapq.nlargest(n, self._index.items(), key=lambda item: len(item[1]))
+        return {t: len(bucket) for t, bucket in largest}
 
     @property
     def subscriber_count(self) -> int:

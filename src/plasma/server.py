@@ -41,6 +41,8 @@ log = logging.getLogger("plasma.server")
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _SHUTDOWN_TIMEOUT = 3.0
+TOP_TYPES = 20
+"""Most-subscribed types reported in ``/metrics`` and on the ``/debug`` console."""
 
 
 def make_tls_context(tls: TLSConfig) -> ssl.SSLContext:
@@ -229,12 +231,23 @@ class Server:
                 extra={"path": self.publish.path},
             )
 
+    def own_snapshot(self) -> dict[str, Any]:
+        """This process's metrics, with its most-subscribed types (top ``TOP_TYPES`` only)."""
+        snapshot = self.metrics.snapshot()
+        snapshot["subscribed_types"] = self.hub.top_types(TOP_TYPES)
+        return snapshot
+
     def whole_server_snapshot(self) -> dict[str, Any]:
         """This process's metrics, summed with its sibling workers' latest snapshots."""
-        own = self.metrics.snapshot()
+        own = self.own_snapshot()
         if self.peers is None:
             return own
-        return merge_snapshots([own, *self.peers.others()])
+        merged = merge_snapshots([own, *self.peers.others()])
+        # Summed per type across workers, then cut again: the figure stays bounded.
+        types = merged.get("subscribed_types") or {}
+        top = sorted(types.items(), key=lambda item: -item[1])[:TOP_TYPES]
+        merged["subscribed_types"] = dict(top)
+        return merged
 
     def _peers_healthy(self) -> bool:
         """With workers: every sibling's source is up too (``/hc`` speaks for the server)."""
@@ -245,7 +258,7 @@ class Server:
     async def _share_metrics(self, peers: Peers) -> None:
         """Let sibling workers see this one's counters (``/metrics`` covers the whole server)."""
         while True:
-            peers.write(self.metrics.snapshot())
+            peers.write(self.own_snapshot())
             await asyncio.sleep(1.0)
 
     async def _listen(self, factory: SniffingFactory, port: int, variable: str) -> None:

@@ -4,7 +4,8 @@
 ``application/openmetrics-text`` or ``text/plain`` (as Prometheus does). The exposition is
 built from a snapshot (plain data, possibly merged across worker processes) by a collector
 that prometheus-client's own encoders render; the hot path never touches prometheus-client.
-Every series is low-cardinality: labels are transports and close, skip and refusal reasons only.
+Every series is low-cardinality: labels are transports and close, skip and refusal reasons, and
+the event types of the 20 most-subscribed types only.
 """
 
 from __future__ import annotations
@@ -215,6 +216,13 @@ class SnapshotCollector(Collector):
             "Bytes queued for clients, all together (PLASMA_MAX_BUFFERED_BYTES bounds it).",
             {},
             s.get("client_buffered_bytes", 0),
+        )
+        yield _by_label(
+            GaugeMetricFamily,
+            "plasma_type_subscribers",
+            "Subscribers of the most-subscribed event types (the top 20 only).",
+            "type",
+            s.get("subscribed_types", {}),
         )
         yield _histogram(
             "plasma_event_fanout_seconds",

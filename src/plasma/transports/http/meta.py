@@ -1,5 +1,5 @@
-"""The endpoints on the HTTP side: ``/hc``, ``/metrics``, and when enabled ``/debug`` and the
-publish API.
+"""The endpoints on the HTTP side: ``/hc``, ``/metrics``, and when enabled the ``/debug``
+console (with its ``/debug/stats`` figures) and the publish API.
 
 With access control on, ``POST /debug`` and the publish API need a token that may publish the
 events' types (``Authorizer.check_publish``); ``/metrics`` and ``/debug``'s page may each
@@ -12,6 +12,7 @@ import importlib.resources
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -39,8 +40,10 @@ _NOT_A_STREAM = (
 """The original's 404 for a stream URL requested without ``Accept: text/event-stream``."""
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 class MetaEndpoints:
@@ -101,6 +104,10 @@ class MetaEndpoints:
             if refusal is not None:
                 return refusal
             return await self._allow(request, ("GET", "HEAD", "POST"), self.debug)
+        if path == "/debug/stats" and self._debug:
+            if (refusal := self._guard(request, self._debug_token)) is not None:
+                return refusal
+            return await self._allow(request, ("GET", "HEAD"), self.debug_stats)
         if self._publish is not None and path == self._publish.path:
             return await self._publish.handle(request)
         if self._event_query in request.query:  # a stream URL opened without the header
@@ -138,14 +145,26 @@ class MetaEndpoints:
             return web.Response(
                 status=400, text=f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}\n"
             )
-        snapshot = self._snapshot()
-        if inspect.isawaitable(snapshot):
-            snapshot = await snapshot
+        snapshot = await self._whole_snapshot()
         accept = request.headers.get("Accept", "")
         if not wants_exposition(accept, fmt):
             return _json(snapshot)
         body, content_type = render_exposition(snapshot, accept, fmt)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _whole_snapshot(self) -> dict[str, Any]:
+        snapshot = self._snapshot()
+        if inspect.isawaitable(snapshot):
+            snapshot = await snapshot
+        return snapshot
+
+    async def debug_stats(self, request: web.BaseRequest) -> web.Response:
+        """What the ``/debug`` console draws: the whole server's figures, as ``/metrics`` JSON.
+
+        Served under ``/debug`` so the console needs only the debug page's access, not the
+        metrics endpoint's.
+        """
+        return _json(await self._whole_snapshot(), headers={"Cache-Control": "no-store"})
 
     async def debug(self, request: web.BaseRequest) -> web.Response:
         if request.method != "POST":
