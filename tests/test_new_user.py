@@ -451,7 +451,7 @@ def test_readme_redis_example_runs_as_written(tmp_path: Path) -> None:
     server: PlasmaProcess | None = None
     try:
         wait_for(lambda: port_open(redis_port) and pidfile.exists(), what="redis-server")
-        (run,) = [line for line in lines if "plasma" in line and "redis-cli" not in line]
+        (run,) = [line for line in lines if line.startswith("PLASMA_")]  # the server
         words = shlex.split(run)
         env = dict(word.split("=", 1) for word in words if "=" in word and word[0].isupper())
         env["PLASMA_SUBSCRIBER_REDIS_ADDR"] = f"127.0.0.1:{redis_port}"

@@ -12,9 +12,6 @@ from aiohttp import web
 
 from tests.auth.keyring import SECRET, mint
 from tests.support import PlasmaProcess, free_port, http
-from tests.transports.test_browser import browser
-
-__all__ = ["browser"]  # the fixture, shared with test_browser
 
 pytestmark = pytest.mark.integration
 
@@ -128,13 +125,12 @@ async def test_the_debug_page_publishes_and_watches_with_a_token(
         await page.fill("#types", "user:42")
         await page.click("#watch button[type=submit]")
         await page.wait_for_function(
-            "document.querySelector('#log').textContent.includes('subscribed')"
+            "document.querySelector('#watch-status').textContent.startsWith('watching')"
         )
         await page.fill("#data", '{"from": "the page"}')
         await page.click("#publish button[type=submit]")
-        await page.wait_for_function(
-            "document.querySelector('#log').textContent.includes('the page')"
-        )
-        assert (await page.inner_text("#result")).startswith("200")
+        await page.wait_for_selector("#events li[data-type='user:42:notifications']")
+        assert "the page" in await page.inner_text("#events")
+        assert (await page.inner_text("#result")).startswith("published")
     finally:
         await page.close()
