@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable
 
 from plasma.config import Config
 from plasma.errors import FeedLost, SourceGaveUp, StartupError
@@ -17,6 +18,7 @@ __all__ = [
     "EXIT_FEED_LOST",
     "EXIT_SOURCE_GAVE_UP",
     "EXIT_STARTUP",
+    "event_loop_factory",
     "raise_open_file_limit",
     "run_server",
 ]
@@ -43,6 +45,16 @@ def raise_open_file_limit() -> None:
         pass
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop where it is installed (every supported OS), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def run_server(
     config: Config, *, worker_id: int | None = None, peers_dir: str = "", feed_path: str = ""
 ) -> int:
@@ -51,13 +63,7 @@ def run_server(
 
     raise_open_file_limit()
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        loop_factory = None
-    else:
-        loop_factory = uvloop.new_event_loop
-    try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             runner.run(serve(config, worker_id=worker_id, peers_dir=peers_dir, feed_path=feed_path))
     except StartupError as exc:
         log.critical(str(exc))  # once, on the error log: the message names the setting to change

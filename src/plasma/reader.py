@@ -38,7 +38,7 @@ from plasma.feed import (
 from plasma.hub import Archive, Hub
 from plasma.metrics import Metrics
 from plasma.peers import Peers
-from plasma.process import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP
+from plasma.process import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, event_loop_factory
 from plasma.sources import create_source
 from plasma.sources.base import Source
 
@@ -169,13 +169,7 @@ class NodeReader:
 
     def _thread_main(self) -> None:
         try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-            loop_factory = None
-        else:
-            loop_factory = uvloop.new_event_loop
-        try:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 runner.run(self._main())
         except Exception:
             log.exception("the node's source reader failed; stopping the server")
