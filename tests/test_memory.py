@@ -150,7 +150,7 @@ async def grpc_client(port: int, client: Client, total: int) -> None:
 
 
 async def run_phase(
-    server: PlasmaProcess, publish: Callable[[], None], total: int, timeout: float = 30
+    server: PlasmaProcess, publish: Callable[[], None], total: int, timeout: float = 90
 ) -> list[Client]:
     """Connect three clients, publish, and wait until each has the last event."""
     clients = [Client("sse-1"), Client("sse-2"), Client("grpc")]

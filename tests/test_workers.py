@@ -131,7 +131,9 @@ async def test_every_worker_answers_health_and_debug_and_shares_the_node_ids(
         await s.wait_retry()
     assert {_metrics_pid(server.url) for _ in range(20)} == _worker_pids(server)
 
-    # Requests spread over both workers; every one is answered.
+    # Requests spread over both workers; every one is answered. Right after start a worker
+    # may still wait for its sibling's first status (shared about once a second).
+    wait_for(lambda: http(server.url + "/hc").body == b"OK\n", what="/hc OK")
     assert all(http(server.url + "/hc").body == b"OK\n" for _ in range(20))
     for _ in range(10):
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
