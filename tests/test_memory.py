@@ -22,7 +22,7 @@ from plasma.hub import ingest_bytes
 from plasma.transports.grpc import proto
 from tests.support import PlasmaProcess, RedisServer, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 MiB = 1 << 20
 HISTORY_MAX = 16 * MiB
