@@ -150,17 +150,31 @@ async def grpc_client(port: int, client: Client, total: int) -> None:
 
 
 async def run_phase(
-    server: PlasmaProcess, publish: Callable[[], None], total: int, timeout: float = 90
+    server: PlasmaProcess,
+    publish: Callable[[], None],
+    total: int,
+    timeout: float = 90,
+    *,
+    grpc_client_too: bool = True,
 ) -> list[Client]:
-    """Connect three clients, publish, and wait until each has the last event."""
-    clients = [Client("sse-1"), Client("sse-2"), Client("grpc")]
+    """Connect the clients (two SSE, and a gRPC one), publish, wait until each has the last
+    event. The many-small-events phases leave gRPC out: in a suite process that has run
+    many grpcio tests before, grpcio's Python client reads only a few hundred messages a
+    second, and what those phases measure is the server's memory, which SSE exercises."""
+    clients = [Client("sse-1"), Client("sse-2")]
     tasks = [
         asyncio.create_task(sse_client(server.port, clients[0], total)),
         asyncio.create_task(sse_client(server.port, clients[1], total)),
-        asyncio.create_task(grpc_client(server.port, clients[2], total)),
     ]
+    if grpc_client_too:
+        clients.append(Client("grpc"))
+        tasks.append(asyncio.create_task(grpc_client(server.port, clients[2], total)))
     await asyncio.to_thread(
-        wait_for, lambda: server.metrics()["connections"] == 3, 10, 0.05, "3 clients"
+        wait_for,
+        lambda: server.metrics()["connections"] == len(clients),
+        10,
+        0.05,
+        f"{len(clients)} clients",
     )
     await asyncio.to_thread(publish)
     done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -227,7 +241,12 @@ async def test_paced_large_then_many_small_events_stay_within_the_memory_bound(
     idle = watch.rss()
     watch.start()
     big = await run_phase(server, publish_paced(redis_server, BIG, 300, 3, 0.05), 300)
-    small = await run_phase(server, publish_paced(redis_server, 1000, 30_000, 1000), 30_000)
+    small = await run_phase(
+        server,
+        publish_paced(redis_server, 1000, 30_000, 1000),
+        30_000,
+        grpc_client_too=False,
+    )
     check_memory(server, watch, idle)
     # Paced, a client that keeps up gets everything; on a busy machine one may fall behind,
     # be cut (PLASMA_CLIENT_BUFFER, or the budget of all clients) and resume: run_phase has
@@ -248,6 +267,8 @@ async def test_a_burst_of_large_events_then_many_small_ones_stays_within_the_mem
     watch.start()
     await run_phase(server, publish_burst(redis_server, BIG, 300), 300)
     wait_for(lambda: server.metrics()["events_received"] == 300, what="all 300 read")
-    await run_phase(server, publish_burst(redis_server, 1000, 30_000), 30_000)
+    await run_phase(
+        server, publish_burst(redis_server, 1000, 30_000), 30_000, grpc_client_too=False
+    )
     check_memory(server, watch, idle)
     assert server.metrics()["events_received"] == 30_300
