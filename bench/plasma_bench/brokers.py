@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plasma_bench.procstat import cpu_seconds
-from plasma_bench.servers import Managed, RedisServer, free_port, wait_port
+from plasma_bench.servers import NO_PUBSUB_CUT, Managed, RedisServer, free_port, wait_port
 from plasma_bench.wire import event_json
 
 __all__ = ["SOURCES", "Broker", "BrokerPublisher", "start_broker"]
@@ -136,6 +136,7 @@ class RedisClusterBroker(Broker):
             args += ["--appendonly", "no", "--dir", str(node.dir), "--maxclients", "1000"]
             args += ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
             args += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+            args += NO_PUBSUB_CUT
             self.procs.append(node.run(args, port))
         subprocess.run(
             [
@@ -234,6 +235,11 @@ class NatsBroker(Broker):
         args += ["-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", str(proc.dir)]
+        # Like Redis's pub/sub cut: a reader 10 s or 64 MB behind loses what was queued for it
+        # (a slow consumer). Lifted, so a flood measures plasma's rate, not the cut.
+        conf = proc.dir / "nats.conf"
+        conf.write_text('write_deadline: "120s"\nmax_pending: 1073741824\n')
+        args += ["-c", str(conf)]
         self.procs = [proc.run(args, self.port)]
         return self
 

@@ -26,6 +26,11 @@ __all__ = [
     "wait_port",
 ]
 
+NO_PUBSUB_CUT = ["--client-output-buffer-limit", "pubsub 0 0 0"]
+"""Redis keeps whatever a pub/sub subscriber has not read yet (its default cuts a subscriber
+32 MB behind): a flood (``--ingest``, ``--unicast``) then measures how fast plasma drains it,
+not Redis's cut. Production keeps a limit; see docs/operations.md."""
+
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 
@@ -111,6 +116,7 @@ class RedisServer(Managed):
             )
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.dir), "--maxclients", "1000"]
+        args += NO_PUBSUB_CUT
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.host, self.port, 10, self.proc)
         return self
