@@ -428,8 +428,10 @@ class RespPublisher(BrokerPublisher):
 
 
 class NatsPublisher(BrokerPublisher):
-    """nats-py: core ``publish`` (a batch is acknowledged by ``flush``'s PING/PONG) or
-    JetStream ``publish_async`` (each message by its ack); channel ``i`` is subject ``i``."""
+    """nats-py: core ``publish`` (a batch is acknowledged by ``flush``'s PING/PONG), or for
+    JetStream the same ``publish`` with a reply subject, which is what a JetStream publish is:
+    the stream's ack (``{"stream":…,"seq":…}``) comes back there and is counted, without
+    nats-py's per-message ack future. Channel ``i`` is subject ``i``."""
 
     def __init__(
         self,
@@ -444,51 +446,51 @@ class NatsPublisher(BrokerPublisher):
         self.url = url
         self.jetstream = jetstream
         self._nc: Any = None
-        self._js: Any = None
-        self._acks: list[asyncio.Future[Any]] = []
+        self._inbox = ""
 
     async def connect(self) -> None:
         import nats
 
         self._nc = await nats.connect(self.url, pending_size=64 << 20)
         if self.jetstream:
-            self._js = self._nc.jetstream(publish_async_max_pending=1 << 20)
             # The stream plasma would create, made first so no publish finds no stream.
             with contextlib.suppress(Exception):
-                await self._js.add_stream(name=JETSTREAM_STREAM, subjects=[f"{NATS_SUBJECT}.>"])
+                await self._nc.jetstream().add_stream(
+                    name=JETSTREAM_STREAM, subjects=[f"{NATS_SUBJECT}.>"]
+                )
+            self._inbox = self._nc.new_inbox()
+            await self._nc.subscribe(
+                self._inbox, cb=self._on_ack, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+
+    async def _on_ack(self, msg: Any) -> None:
+        ok = msg.data.startswith(b'{"stream"') and b'"error"' not in msg.data
+        self._reply(ok, msg.data or repr(msg.headers).encode())
 
     async def send(self, events: list[bytes], channel: int = 0) -> None:
         subject = self.channels[channel]
-        if self._js is not None:
-            publish = self._js.publish_async
+        publish = self._nc.publish
+        if self.jetstream:
             for e in events:
-                self._acks.append(await publish(subject, e))
+                await publish(subject, e, reply=self._inbox)
         else:
-            publish = self._nc.publish
             for e in events:
                 await publish(subject, e)
         self.sent += len(events)
 
     async def wait_replies(self, timeout: float) -> bool:
+        if self.jetstream:
+            await self._nc.flush(timeout)
+            return await super().wait_replies(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                if self._js is not None:
-                    acks, self._acks = self._acks, []
-                    for fut in acks:
-                        try:
-                            await fut
-                            self._reply(True)
-                        except Exception as exc:  # an API error ack: counted, shown
-                            self._reply(False, repr(exc).encode())
-                else:
-                    await self._nc.flush(timeout)
-                    self.replies = self.sent
+            await self._nc.flush(timeout)
         except TimeoutError:
             return False
+        self.replies = self.sent
         return True
 
     async def close(self) -> None:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
-            self._nc = self._js = None
+            self._nc = None
