@@ -666,6 +666,7 @@ def _ingest(args: argparse.Namespace) -> int:
         strict=args.strict,
         connect_timeout=args.connect_timeout,
         env=env,
+        profile=args.out if args.profile else None,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     Managed.keep_logs = args.out / "logs"

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from plasma_bench.brokers import Broker, BrokerPublisher, start_broker
 from plasma_bench.pool import ClientPool
-from plasma_bench.runner import Meter, delivery_check
+from plasma_bench.report import profile_summary
+from plasma_bench.runner import Meter, delivery_check, py_spy_binary
 from plasma_bench.servers import PlasmaServer
 from plasma_bench.wire import event_json
 
@@ -53,6 +57,8 @@ class IngestSettings:
     strict: bool
     connect_timeout: float
     env: dict[str, str] = field(default_factory=dict)
+    profile: Path | None = None
+    """With ``--profile``: the directory for py-spy recordings of the measured phases."""
 
 
 def _python_label(python: str, pythons: list[str]) -> str:
@@ -164,6 +170,7 @@ class _Run:
         meter = self._meter()
         before = meter.sample()
         load = os.getloadavg()
+        spy = self._profile_start(kind)
         t0 = time.time_ns()
         await publish(base)
         t_pub = time.time_ns()
@@ -171,6 +178,7 @@ class _Run:
         expected = conns * per_conn
         done, last_ns = await self.pool.wait_done(max(30.0, expected / 5_000))
         after = meter.sample()
+        profile = await self._profile_stop(spy)
         got = await self.pool.collect()
         if not done:
             last_ns = got["last_ns"] or time.time_ns()
@@ -200,7 +208,46 @@ class _Run:
             "loadavg": [round(x, 2) for x in load],
             "publisher_errors": self.publisher.error_samples,
             "errors": got["errors"],
+            **({"profile": profile} if profile else {}),
         }
+
+    def _profile_start(self, kind: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """py-spy on the server for the measured phase only (``--profile``)."""
+        if self.s.profile is None or self.server is None:
+            return None
+        label = _python_label(self.python, self.s.pythons)
+        name = f"profile-{kind}-{self.broker.source}-{label}-{self.epoch_ns}.txt"
+        path = self.s.profile / name
+        proc = subprocess.Popen(
+            [
+                *(py_spy_binary(), "record", "-p", str(self.server.pid), "--subprocesses"),
+                *("-r", "250", "--format", "raw", "-o", str(path)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # py-spy attaches before the first event is written
+        return proc, path
+
+    async def _profile_stop(
+        self, spy: tuple[subprocess.Popen[bytes], Path] | None
+    ) -> dict[str, Any] | None:
+        if spy is None:
+            return None
+        proc, path = spy
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if not path.exists():
+            return None
+        summary = profile_summary(path, top=15)
+        self.log(f"  py-spy {path.name}: {summary['samples']} samples; top self time:")
+        for fn, pct in summary["self"][:10]:
+            self.log(f"    {pct:5.1f}%  {fn}")
+        return {"file": path.name, **summary}
 
     async def ingest(self) -> dict[str, Any]:
         assert self.server is not None

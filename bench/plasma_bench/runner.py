@@ -24,7 +24,7 @@ from plasma_bench.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
 from plasma_bench.publish import NchanPublisher, Publisher, RedisPublisher
 from plasma_bench.servers import Target
 
-__all__ = ["Meter", "Settings", "TargetRun", "delivery_check"]
+__all__ = ["Meter", "Settings", "TargetRun", "delivery_check", "py_spy_binary"]
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Meter:
         return d
 
 
-def _py_spy() -> str:
+def py_spy_binary() -> str:
     """py-spy from PATH, else next to this Python (``.venv/bin``)."""
     import shutil
     import sys
@@ -176,7 +176,7 @@ class TargetRun:
         pid = target.server_pids()[0]
         self.profile_proc = subprocess.Popen(
             [
-                *(_py_spy(), "record", "-p", str(pid), "--native", "--subprocesses"),
+                *(py_spy_binary(), "record", "-p", str(pid), "--native", "--subprocesses"),
                 *("-r", "250", "--format", "raw", "-o", str(out)),
             ],
             stdout=subprocess.DEVNULL,
