@@ -247,7 +247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="record the plasma server with py-spy (--native) in each scenario",
+        help="record the plasma server with py-spy in each scenario (--native for the fan-out "
+        "ones; the measured phase only for --ingest/--unicast)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
     p.add_argument(

@@ -354,9 +354,16 @@ async def run_ingest(
                     todo = [("ingest", run.ingest)] if s.ingest else []
                     todo += [("unicast", run.unicast)] if s.unicast else []
                     try:
-                        await run.start()
+                        try:
+                            await run.start()
+                        except Exception as exc:  # plasma did not start: say so, go on
+                            started: Exception | None = exc
+                        else:
+                            started = None
                         for name, scenario in todo:
                             try:
+                                if started is not None:
+                                    raise started
                                 row = await scenario()
                             except Exception as exc:
                                 row = {
