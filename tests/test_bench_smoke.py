@@ -92,3 +92,49 @@ def test_native_latency_client(tmp_path: Path) -> None:
     assert {(seq, conn) for seq, conn, *_ in rows} == {(s, c) for s in range(50) for c in range(20)}
     for _seq, _conn, published, arrived, read in rows:
         assert published < arrived <= read
+
+
+@pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server not installed")
+def test_bench_smoke_ingest_and_unicast_on_every_source(tmp_path: Path) -> None:
+    """``--ingest`` and ``--unicast`` run on each broker the bench starts; every event reaches
+    its one subscriber (its own ``user:<n>`` type for unicast) once and in order."""
+    out = tmp_path / "results"
+    sources = ["redis", "redis-stream", "redis-cluster", "nats", "nats-jetstream"]
+    _bench(out, "--smoke", "--ingest", "--unicast", "--source", ",".join(sources))
+    rows = json.loads((out / "ingest.json").read_text())["runs"]
+    assert [(r["scenario"], r["source"]) for r in rows] == [
+        (scenario, source) for source in sources for scenario in ("ingest", "unicast")
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        _clean(row)
+        assert row["publisher_errors"] == []
+        if row["scenario"] == "ingest":
+            assert row["subscribers"] == 1
+            assert row["deliveries"] == 2000
+        else:
+            assert row["subscribers"] == 50
+            assert row["deliveries"] == 500
+
+
+@pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server not installed")
+def test_bench_smoke_fanout_through_brokers(tmp_path: Path) -> None:
+    """The burst scenario through a Redis Cluster and NATS, each with the same subscribers,
+    and plasma started by an explicit interpreter (``--plasma-python``, the A/B switch)."""
+    out = tmp_path / "results"
+    _bench(
+        out,
+        "--smoke",
+        "--scenarios",
+        "burst",
+        "--source",
+        "redis-cluster,nats",
+        "--plasma-python",
+        sys.executable,
+    )
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["label"] for r in runs] == ["plasma redis-cluster", "plasma nats"]
+    for run in runs:
+        (level,) = run["sweep"]["levels"]
+        assert level["subscribers"] == 50
+        _clean(level["burst"])

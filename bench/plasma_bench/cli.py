@@ -3,6 +3,8 @@
 ./scripts/bench                     the issue-5 scenarios against plasma
 ./scripts/bench --against nchan     ... and the same scenarios against Nchan
 ./scripts/bench --smoke             a few seconds: 50 SSE, a few gRPC, 20 events (CI)
+./scripts/bench --ingest --unicast --source redis,redis-cluster,nats   events in per second
+./scripts/bench --scenarios burst --sse 1000 --source redis,redis-cluster,nats   fan-out
 ./scripts/bench --target 127.0.0.1:8080 --redis 127.0.0.1:6379   a running server
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from plasma_bench import __version__
 from plasma_bench.auth import AUTH_ALGORITHMS, server_auth
+from plasma_bench.brokers import SOURCES, Broker, start_broker
 from plasma_bench.clients import raise_nofile
 from plasma_bench.pool import ClientPool
 from plasma_bench.report import (
@@ -50,6 +53,14 @@ ALL_SCENARIOS = ("idle", "burst", "rate", "grpc")
 
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _sources(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in SOURCES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown source {bad}; use {', '.join(SOURCES)}")
+    return names
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -83,11 +94,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--source",
-        choices=["redis", "redis-stream"],
-        default="redis",
-        help="with --publish-api: the server's source (redis)",
+        type=_sources,
+        default=["redis"],
+        help="the server's source(s), a comma list of " + ", ".join(SOURCES) + ": each "
+        "runs in turn on its own broker started here (default redis; --publish-api: redis or "
+        "redis-stream, the first one)",
     )
-    p.add_argument("--repeat", type=int, default=3, help="with --publish-api/--client: runs (3)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="runs: --publish-api/--client (3), --ingest/--unicast (1, interleaved)",
+    )
+    p.add_argument(
+        "--ingest",
+        action="store_true",
+        help="only events in per second: --events events in pipelined batches of "
+        "--ingest-batch, one SSE subscriber, per --source",
+    )
+    p.add_argument(
+        "--unicast",
+        action="store_true",
+        help="only unicast: --users SSE subscribers each on its own type user:<n>, "
+        "--unicast-events events round-robin over them, per --source",
+    )
+    p.add_argument("--events", type=int, default=50_000, help="with --ingest: events (50,000)")
+    p.add_argument(
+        "--ingest-batch",
+        type=int,
+        default=1000,
+        help="with --ingest/--unicast: events per pipelined batch (1,000)",
+    )
+    p.add_argument("--users", type=int, default=10_000, help="with --unicast: subscribers (10,000)")
+    p.add_argument(
+        "--unicast-events",
+        type=int,
+        default=200_000,
+        help="with --unicast: events in all, split evenly over the users (200,000)",
+    )
+    p.add_argument(
+        "--plasma-python",
+        action="append",
+        default=[],
+        metavar="PYTHON",
+        help="run plasma with this interpreter (e.g. another checkout's .venv/bin/python, "
+        "which runs that checkout's plasma); repeat it to compare, interleaved, in one run "
+        "(default: this interpreter)",
+    )
     p.add_argument(
         "--client",
         action="store_true",
@@ -194,7 +247,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="record the plasma server with py-spy (--native) in each scenario",
+        help="record the plasma server with py-spy in each scenario (--native for the fan-out "
+        "ones; the measured phase only for --ingest/--unicast)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
     p.add_argument(
@@ -216,6 +270,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.procs = 2
         args.strict = True
         args.connect_timeout = 20.0
+        args.events = 2000
+        args.ingest_batch = 500
+        args.users = 50
+        args.unicast_events = 500
+    if args.repeat is None:
+        args.repeat = 1 if (args.ingest or args.unicast) else 3
+    # Absolute (not resolved: a venv's python is a symlink), since plasma runs elsewhere.
+    args.plasma_python = [os.path.abspath(p) for p in args.plasma_python] or [sys.executable]
     return args
 
 
@@ -368,7 +430,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         elif redis_addr is not None:
             redis_pid = pid_listening_on(redis_addr[1])
         epoch_ns = time.time_ns()
-        runs: list[tuple[str, str, Any]] = []
+        # (kind, label, factory, source): a source other than "redis" runs on its own broker,
+        # started before its first run and stopped after its last.
+        runs: list[tuple[str, str, Any, str | None]] = []
+        brokers: dict[str, Broker] = {}
         if not args.skip_plasma:
             if args.target:
                 host, port = args.target
@@ -379,37 +444,71 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 def make_external() -> Target:
                     return ExternalTarget(host, port, pid)
 
-                runs.append(("plasma", f"plasma@{host}:{port}", make_external))
+                runs.append(("plasma", f"plasma@{host}:{port}", make_external, None))
             else:
                 env = {**auth_env, **dict(kv.split("=", 1) for kv in args.env)}
                 if args.workers is not None:
                     env["PLASMA_WORKERS"] = str(args.workers)
                 assert redis_addr is not None
                 addr = f"{redis_addr[0]}:{redis_addr[1]}"
-
-                def make_plasma() -> Target:
-                    return PlasmaServer(addr, args.channel, env).start()
-
-                label = "plasma" + (f" w={args.workers}" if args.workers is not None else "")
-                label += f" auth={args.auth}" if args.auth else ""
-                runs.append(("plasma", label, make_plasma))
+                for source in args.source:
+                    for python in args.plasma_python:
+                        label = "plasma" + (
+                            f" w={args.workers}" if args.workers is not None else ""
+                        )
+                        label += f" auth={args.auth}" if args.auth else ""
+                        label += f" {source}" if args.source != ["redis"] else ""
+                        if len(args.plasma_python) > 1:
+                            label += f" [{_python_name(python)}]"
+                        runs.append(
+                            (
+                                "plasma",
+                                label,
+                                _plasma_factory(addr, args, env, python, source, brokers),
+                                source,
+                            )
+                        )
         if "nchan" in args.against:
             why = nchan_available()
             if why:
                 notes.append(f"nchan skipped: {why}")
                 log(f"note: nchan skipped: {why}")
             else:
-                runs.append(("nchan", "nchan", lambda: NchanServer().start()))
-        for kind, label, make in runs:
-            tr = TargetRun(settings, pool, make, redis_addr, redis_pid, epoch_ns, log, label)
-            results["runs"].append({"target": kind, "label": label})
+                runs.append(("nchan", "nchan", lambda: NchanServer().start(), None))
+        try:
+            for kind, label, make, source in runs:
+                make_publisher = None
+                broker_pids = None
+                if source is not None and source != "redis" and source not in brokers:
+                    for old in list(brokers):
+                        await asyncio.to_thread(brokers.pop(old).stop)
+                    log(f"[{source}] starting the broker")
+                    brokers[source] = await asyncio.to_thread(start_broker, source)
+                if source is not None and source in brokers:
+                    broker = brokers[source]
+                    channels = broker.channels(1)
+                    broker_pids = broker.pids()
 
-            def save(partial: dict[str, Any]) -> None:
-                results["runs"][-1] = partial
-                _write_json(out, results)
+                    def make_publisher(
+                        epoch: int, b: Broker = broker, c: list[str] = channels
+                    ) -> Any:
+                        return b.publisher(c, args.event_type, args.event_bytes, epoch)
 
-            await tr.run(kind, save)
-            samples.update(tr.latency_samples)
+                tr = TargetRun(
+                    settings, pool, make, redis_addr, redis_pid, epoch_ns, log, label,
+                    make_publisher=make_publisher, broker_pids=broker_pids,
+                )  # fmt: skip
+                results["runs"].append({"target": kind, "label": label})
+
+                def save(partial: dict[str, Any]) -> None:
+                    results["runs"][-1] = partial
+                    _write_json(out, results)
+
+                await tr.run(kind, save)
+                samples.update(tr.latency_samples)
+        finally:
+            for b in brokers.values():
+                await asyncio.to_thread(b.stop)
     finally:
         await pool.stop()
         if redis is not None:
@@ -422,6 +521,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["targets"] = targets_check(results)
     results["plots"] = plots(results, samples, out)
     return results
+
+
+def _python_name(python: str) -> str:
+    """A checkout's name from its interpreter's path (``/x/main/.venv/bin/python``: main)."""
+    parts = Path(python).parts
+    return parts[parts.index(".venv") - 1] if ".venv" in parts[1:] else python
+
+
+def _plasma_factory(
+    addr: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    python: str,
+    source: str,
+    brokers: dict[str, Broker],
+) -> Any:
+    """A function that starts plasma with ``python`` on ``source`` (the one Redis at ``addr``
+    for ``redis``, else the broker started for it then)."""
+
+    def make() -> Target:
+        if source == "redis":
+            return PlasmaServer(addr, args.channel, env, python=python).start()
+        broker = brokers[source]
+        own = {**broker.plasma_env(broker.channels(1)), **env}
+        return PlasmaServer("", "", own, python=python).start()
+
+    return make
 
 
 def _write_json(out: Path, results: dict[str, Any]) -> Path:
@@ -501,11 +627,13 @@ def _api(args: argparse.Namespace) -> int:
     from plasma_bench.api import run_client, run_publish_api
 
     if args.publish_api:
+        if args.source[0] not in ("redis", "redis-stream"):
+            raise SystemExit("bench: --publish-api runs on --source redis or redis-stream")
         rows = run_publish_api(
             batch_size=args.batch,
             batches=args.batches,
             publishers=args.publishers,
-            source=args.source,
+            source=args.source[0],
             workers=args.workers or 1,
             repeat=args.repeat,
         )
@@ -518,8 +646,62 @@ def _api(args: argparse.Namespace) -> int:
     return 1 if any(row.get("errors") for row in rows) else 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    """``--ingest`` / ``--unicast``: per source, per interpreter; writes ingest.json."""
+    from plasma_bench.ingest import IngestSettings, ingest_line, run_ingest
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    if args.workers is not None:
+        env["PLASMA_WORKERS"] = str(args.workers)
+    settings = IngestSettings(
+        sources=args.source,
+        pythons=args.plasma_python,
+        ingest=args.ingest,
+        unicast=args.unicast,
+        events=args.events,
+        batch=args.ingest_batch,
+        users=args.users,
+        unicast_events=args.unicast_events,
+        event_bytes=args.event_bytes,
+        repeat=args.repeat,
+        strict=args.strict,
+        connect_timeout=args.connect_timeout,
+        env=env,
+        profile=args.out if args.profile else None,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    Managed.keep_logs = args.out / "logs"
+
+    async def go() -> list[dict[str, Any]]:
+        raise_nofile()
+        pool = ClientPool(args.procs)
+        await pool.start()
+        try:
+            return await run_ingest(settings, pool, lambda m: print(m, flush=True))
+        finally:
+            await pool.stop()
+
+    rows = asyncio.run(go())
+    path = args.out / "ingest.json"
+    path.write_text(
+        json.dumps({"argv": sys.argv[1:], "machine": machine(), "runs": rows}, indent=2) + "\n"
+    )
+    print("\nsummary:")
+    for row in rows:
+        print(ingest_line(row))
+    print(f"wrote {path}")
+    bad = [
+        r
+        for r in rows
+        if "error" in r or r["lost"] or r["duplicated"] or r["reordered"] or r["strict_errors"]
+    ]
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.ingest or args.unicast:
+        return _ingest(args)
     if args.native_latency:
         return _native(args)
     if args.publish_api or args.client:

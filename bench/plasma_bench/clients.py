@@ -74,6 +74,7 @@ class Subscriber:
         "closed",
         "complete",
         "error",
+        "etype",
         "nxt",
         "proc",
         "ready",
@@ -90,6 +91,8 @@ class Subscriber:
         self.complete = False
         self.closed = False
         self.error = ""
+        self.etype = proc.event_type
+        """The event type this connection subscribed to (its own with ``--unicast``)."""
 
     def start_phase(self, phase: Phase) -> None:
         self.nxt = phase.base
@@ -299,7 +302,7 @@ class SSEClient(Subscriber, asyncio.Protocol):
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 self.proc.phase.strict_errors += 1
                 continue
-            if not has_id or etype != self.proc.event_type:
+            if not has_id or etype != self.etype:
                 self.proc.phase.strict_errors += 1
             seqs.append(s)
             times.append(t)
@@ -448,7 +451,7 @@ class GrpcClient(Subscriber, asyncio.Protocol):
                 except (ValueError, KeyError, TypeError, IndexError):
                     self.proc.phase.strict_errors += 1
                     continue
-                if etype != self.proc.event_type:
+                if etype != self.etype:
                     self.proc.phase.strict_errors += 1
             self._got(seqs, times)
             return
@@ -514,7 +517,10 @@ class ClientProcess:
         timeout: float,
         strict: bool,
         auth: dict[str, str] | None = None,
+        unicast_from: int | None = None,
     ) -> None:
+        """Open ``count`` connections. With ``unicast_from``, the k-th one subscribes to its own
+        type ``types[0] + str(unicast_from + k)`` (``path`` holds ``{type}`` for it)."""
         self.strict = strict
         self.event_type = types[0]
         loop = asyncio.get_running_loop()
@@ -530,11 +536,18 @@ class ClientProcess:
         minter = TokenMinter(auth, types) if auth else None
         errors: dict[str, int] = {}
 
-        async def one() -> bool:
+        async def one(k: int) -> bool:
             async with sem:
                 sub: Subscriber
                 token = minter.mint() if minter is not None else None
-                if kind == "sse":
+                if unicast_from is not None:
+                    own = f"{types[0]}{unicast_from + k}"
+                    sub = SSEClient(
+                        self,
+                        head.replace("{type}", own, 1).encode() + b"\r\n",
+                    )
+                    sub.etype = own
+                elif kind == "sse":
                     if token is not None:
                         sub = SSEClient(
                             self, f"{head}Authorization: Bearer {token}\r\n\r\n".encode()
@@ -565,7 +578,7 @@ class ClientProcess:
                 self.subs.append(sub)
                 return True
 
-        results = await asyncio.gather(*(one() for _ in range(count)))
+        results = await asyncio.gather(*(one(k) for k in range(count)))
         self.send(
             "connected",
             {

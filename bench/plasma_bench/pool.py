@@ -104,11 +104,16 @@ class ClientPool:
         timeout: float,
         concurrency: int = 200,
         auth: dict[str, str] | None = None,
+        unicast: bool = False,
     ) -> dict[str, Any]:
-        """Open ``count`` more connections, split over the processes; wait for all."""
+        """Open ``count`` more connections, split over the processes; wait for all.
+
+        ``unicast``: SSE connection ``n`` (0 … count-1) subscribes to its own type
+        ``types[0] + str(n)``, and ``path`` holds ``{type}`` where that type goes."""
         shares = [
             count // self.size + (1 if i < count % self.size else 0) for i in range(self.size)
         ]
+        firsts = [sum(shares[:i]) for i in range(self.size)]
         for i, n in enumerate(shares):
             self.send(
                 i,
@@ -123,6 +128,7 @@ class ClientPool:
                 timeout=timeout,
                 strict=strict,
                 auth=auth,
+                unicast_from=firsts[i] if unicast else None,
             )
         replies = await self._gather("connected", range(self.size), timeout + 30)
         errors: dict[str, int] = {}

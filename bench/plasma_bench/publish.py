@@ -67,6 +67,14 @@ class Publisher:
         self._writer.write(self._frame(self.event(seq)))
         self.sent += 1
 
+    async def apublish(self, seq: int) -> None:
+        """``publish``, with the interface of the brokers' publishers (``--source``)."""
+        self.publish(seq)
+
+    async def apublish_burst(self, first: int, count: int) -> int:
+        """``publish_burst``, with the interface of the brokers' publishers (``--source``)."""
+        return self.publish_burst(first, count)
+
     def publish_burst(self, first: int, count: int) -> int:
         """Write ``count`` events in one write; return the time (ns) just before writing."""
         assert self._writer is not None

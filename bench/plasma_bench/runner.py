@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plasma_bench.brokers import BrokerPublisher
 from plasma_bench.pool import ClientPool
 from plasma_bench.procstat import cpu_seconds, machine_busy_seconds, rss_bytes
 from plasma_bench.publish import NchanPublisher, Publisher, RedisPublisher
 from plasma_bench.servers import Target
 
-__all__ = ["Settings", "TargetRun"]
+__all__ = ["Meter", "Settings", "TargetRun", "delivery_check", "py_spy_binary"]
 
 
 @dataclass
@@ -55,17 +56,19 @@ class Settings:
 class Meter:
     """CPU of the server tree, the load generator (client processes + controller), Redis."""
 
-    def __init__(self, server: Callable[[], list[int]], clients: list[int], redis: int | None):
+    def __init__(
+        self, server: Callable[[], list[int]], clients: list[int], redis: int | list[int] | None
+    ):
         self._server = server
         self._clients = clients
-        self._redis = redis
+        self._redis = [redis] if isinstance(redis, int) else (redis or [])
 
     def sample(self) -> dict[str, float]:
         own = os.times()
         return {
             "server": cpu_seconds(self._server()),
             "loadgen": cpu_seconds(self._clients) + own.user + own.system,
-            "redis": cpu_seconds([self._redis]) if self._redis else 0.0,
+            "redis": cpu_seconds(self._redis),
             **{"machine_" + k: v for k, v in machine_busy_seconds().items()},
             "wall": time.monotonic(),
         }
@@ -79,7 +82,7 @@ class Meter:
         return d
 
 
-def _py_spy() -> str:
+def py_spy_binary() -> str:
     """py-spy from PATH, else next to this Python (``.venv/bin``)."""
     import shutil
     import sys
@@ -117,8 +120,14 @@ class TargetRun:
         epoch_ns: int,
         log: Callable[[str], None],
         label: str,
+        make_publisher: Callable[[int], BrokerPublisher] | None = None,
+        broker_pids: list[int] | None = None,
     ) -> None:
+        """``make_publisher`` (given the run's epoch): publish through another broker than
+        the one Redis at ``redis`` (``--source``); ``broker_pids``: its processes, for CPU."""
         self.label = label
+        self.make_publisher = make_publisher
+        self.broker_pids = broker_pids
         self.s = settings
         self.pool = pool
         self.make_target = make_target
@@ -128,7 +137,7 @@ class TargetRun:
         self.log = log
         self.seq = 1
         self.target: Target | None = None
-        self.publisher: Publisher | None = None
+        self.publisher: Publisher | BrokerPublisher | None = None
         self.latency_samples: dict[str, list[int]] = {}
         self.profile_proc: subprocess.Popen[bytes] | None = None
 
@@ -145,6 +154,8 @@ class TargetRun:
                 size=self.s.event_bytes,
                 epoch_ns=self.epoch_ns,
             )
+        elif self.make_publisher is not None:
+            self.publisher = self.make_publisher(self.epoch_ns)
         else:
             assert self.redis is not None
             self.publisher = RedisPublisher(
@@ -165,7 +176,7 @@ class TargetRun:
         pid = target.server_pids()[0]
         self.profile_proc = subprocess.Popen(
             [
-                *(_py_spy(), "record", "-p", str(pid), "--native", "--subprocesses"),
+                *(py_spy_binary(), "record", "-p", str(pid), "--native", "--subprocesses"),
                 *("-r", "250", "--format", "raw", "-o", str(out)),
             ],
             stdout=subprocess.DEVNULL,
@@ -199,7 +210,8 @@ class TargetRun:
 
     def _meter(self) -> Meter:
         assert self.target is not None
-        return Meter(self.target.server_pids, self.pool.pids, self.redis_pid)
+        broker = self.broker_pids if self.broker_pids is not None else self.redis_pid
+        return Meter(self.target.server_pids, self.pool.pids, broker)
 
     def _rss(self) -> int:
         assert self.target is not None
@@ -246,7 +258,7 @@ class TargetRun:
         published = 0
         done = False
         while time.monotonic() < deadline:
-            self.publisher.publish(self.seq)
+            await self.publisher.apublish(self.seq)
             self.seq += 1
             published += 1
             done, _ = await self.pool.wait_done(0.3 if published < 5 else 1.0)
@@ -263,7 +275,7 @@ class TargetRun:
         conns = await self.pool.phase("check", base, count)
         meter = self._meter()
         before = meter.sample()
-        t0 = self.publisher.publish_burst(base, count)
+        t0 = await self.publisher.apublish_burst(base, count)
         self.seq += count
         await self.publisher.drain()
         timeout = min(120.0, 15.0 + conns * count / 50_000)
@@ -279,7 +291,7 @@ class TargetRun:
         return {
             "subscribers": conns,
             "events": count,
-            **_delivery_check(got, conns * count, delivered, done),
+            **delivery_check(got, conns * count, delivered, done),
             "seconds": round(seconds, 4),
             "deliveries_per_s": round(delivered / seconds),
             "first_delivery_ms": round((got["first_ns"] - t0) / 1e6, 2)
@@ -309,7 +321,7 @@ class TargetRun:
                 await asyncio.sleep(delay)
             elif delay < -0.01:
                 late += 1
-            self.publisher.publish(base + i)
+            await self.publisher.apublish(base + i)
         self.seq += count
         publish_seconds = loop.time() - start
         done, _ = await self.pool.wait_done(15.0)
@@ -328,7 +340,7 @@ class TargetRun:
             "events": count,
             "publish_seconds": round(publish_seconds, 3),
             "publisher_late": late,
-            **_delivery_check(got, conns * count, delivered, done),
+            **delivery_check(got, conns * count, delivered, done),
             "latency_ms": {
                 "p50": round(_percentile(lat, 0.50) / ms, 3),
                 "p90": round(_percentile(lat, 0.90) / ms, 3),
@@ -529,7 +541,7 @@ class TargetRun:
         return result
 
 
-def _delivery_check(
+def delivery_check(
     got: dict[str, Any], expected: int, delivered: int, done: bool
 ) -> dict[str, Any]:
     """What every phase reports about completeness: loss, duplicates, order, errors."""

@@ -26,6 +26,11 @@ __all__ = [
     "wait_port",
 ]
 
+NO_PUBSUB_CUT = ["--client-output-buffer-limit", "pubsub 0 0 0"]
+"""Redis keeps whatever a pub/sub subscriber has not read yet (its default cuts a subscriber
+32 MB behind): a flood (``--ingest``, ``--unicast``) then measures how fast plasma drains it,
+not Redis's cut. Production keeps a limit; see docs/operations.md."""
+
 BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO = BENCH_DIR.parent
 
@@ -111,6 +116,7 @@ class RedisServer(Managed):
             )
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "no", "--dir", str(self.dir), "--maxclients", "1000"]
+        args += NO_PUBSUB_CUT
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.host, self.port, 10, self.proc)
         return self
@@ -148,16 +154,23 @@ class ExternalTarget(Target):
 
 
 class PlasmaServer(Target, Managed):
-    """``python -m plasma`` with a Redis source, logging to files in its temp dir."""
+    """``python -m plasma`` with a Redis source, logging to files in its temp dir.
+
+    ``python``: the interpreter to run it with (default: this one); another checkout's
+    ``.venv/bin/python`` runs that checkout's plasma, for A/B runs in one bench run.
+    ``env`` may name another source (``--source``): its settings override the Redis ones."""
 
     name = "plasma"
 
-    def __init__(self, redis_addr: str, channel: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, redis_addr: str, channel: str, env: dict[str, str], python: str | None = None
+    ) -> None:
         Managed.__init__(self)
         self.port = free_port()
         self.redis_addr = redis_addr
         self.channel = channel
         self.extra_env = env
+        self.python = python or sys.executable
         self.label = "plasma" + (
             f" (workers={env['PLASMA_WORKERS']})" if "PLASMA_WORKERS" in env else ""
         )
@@ -169,8 +182,6 @@ class PlasmaServer(Target, Managed):
                 "PLASMA_HOST": "127.0.0.1",
                 "PLASMA_PORT": str(self.port),
                 "PLASMA_SUBSCRIBER_TYPE": "redis",
-                "PLASMA_SUBSCRIBER_REDIS_ADDR": self.redis_addr,
-                "PLASMA_SUBSCRIBER_REDIS_CHANNELS": self.channel,
                 "PLASMA_ERROR_LOG_OUT": str(self.dir / "error.log"),
                 "PLASMA_ACCESS_LOG_OUT": str(self.dir / "access.log"),
                 "PLASMA_ACCESS_LOG_LEVEL": "error",
@@ -178,11 +189,15 @@ class PlasmaServer(Target, Managed):
                 "PLASMA_CLIENT_BUFFER": str(8 << 20),
             }
         )
+        if self.redis_addr:
+            env["PLASMA_SUBSCRIBER_REDIS_ADDR"] = self.redis_addr
+            env["PLASMA_SUBSCRIBER_REDIS_CHANNELS"] = self.channel
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "plasma"],
+            [self.python, "-m", "plasma"],
             env=env,
-            cwd=str(REPO),
+            # Another interpreter runs its own checkout's plasma: not this tree's directory.
+            cwd=str(REPO) if self.python == sys.executable else str(self.dir),
             stdout=open(self.dir / "stdout.log", "wb"),  # noqa: SIM115
             stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115
             preexec_fn=_max_nofile,
