@@ -13,8 +13,11 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ from plasma_bench.servers import (
     Target,
     nchan_available,
 )
+from plasma_bench.tls import TLSFiles, make_certificate
 
 __all__ = ["main"]
 
@@ -155,6 +159,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="parse every frame fully (de-chunk, JSON, protobuf); default in --smoke",
     )
     p.add_argument("--workers", type=int, default=None, help="PLASMA_WORKERS for the server")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="every server listens with TLS (one self-signed certificate, made for the run) "
+        "and every subscriber speaks TLS; publishers stay cleartext (Redis; Nchan's /pub on "
+        "a second port)",
+    )
     p.add_argument(
         "--auth",
         choices=AUTH_ALGORITHMS,
@@ -312,6 +323,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.target or args.against:
             raise SystemExit("bench: --auth starts its own plasma: not with --target or --against")
         auth_env, auth = server_auth(args.auth, out)
+    tls: TLSFiles | None = None
+    if args.tls:
+        if args.target:
+            raise SystemExit("bench: --tls starts its own servers: not with --target")
+        tls = make_certificate(Path(tempfile.mkdtemp(prefix="plasma-bench-tls-")))
     settings = Settings(
         scenarios=scenarios,
         sse_levels=args.sse,
@@ -332,6 +348,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         profile=args.profile,
         notes=notes,
         auth=auth,
+        tls=args.tls,
     )
     started = time.time()
     results: dict[str, Any] = {
@@ -388,10 +405,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 addr = f"{redis_addr[0]}:{redis_addr[1]}"
 
                 def make_plasma() -> Target:
-                    return PlasmaServer(addr, args.channel, env).start()
+                    return PlasmaServer(addr, args.channel, env, tls).start()
 
                 label = "plasma" + (f" w={args.workers}" if args.workers is not None else "")
                 label += f" auth={args.auth}" if args.auth else ""
+                label += " tls" if tls else ""
                 runs.append(("plasma", label, make_plasma))
         if "nchan" in args.against:
             why = nchan_available()
@@ -399,7 +417,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 notes.append(f"nchan skipped: {why}")
                 log(f"note: nchan skipped: {why}")
             else:
-                runs.append(("nchan", "nchan", lambda: NchanServer().start()))
+                runs.append(
+                    ("nchan", "nchan tls" if tls else "nchan", lambda: NchanServer(tls).start())
+                )
         for kind, label, make in runs:
             tr = TargetRun(settings, pool, make, redis_addr, redis_pid, epoch_ns, log, label)
             results["runs"].append({"target": kind, "label": label})
@@ -414,6 +434,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await pool.stop()
         if redis is not None:
             await asyncio.to_thread(redis.stop)
+        if tls is not None:
+            shutil.rmtree(tls.cert.parent, ignore_errors=True)
     results["seconds"] = round(time.time() - started, 1)
     if args.profile:
         results["profiles"] = {}
@@ -434,8 +456,6 @@ def _write_json(out: Path, results: dict[str, Any]) -> Path:
 
 def _native(args: argparse.Namespace) -> int:
     """Fixed-rate latency with the C client: each target ``--rate-repeat`` times, interleaved."""
-    from plasma_bench.native import run_native_latency
-
     if "nchan" in args.against and (why := nchan_available()) is not None:
         print(f"bench: --against nchan: {why}", file=sys.stderr)
         return 2
@@ -444,8 +464,39 @@ def _native(args: argparse.Namespace) -> int:
         env["PLASMA_WORKERS"] = str(args.workers)
     runs: list[dict[str, Any]] = []
     samples: dict[str, list[int]] = {}
-    ok = True
     args.out.mkdir(parents=True, exist_ok=True)
+    tls = make_certificate(Path(tempfile.mkdtemp(prefix="plasma-bench-tls-"))) if args.tls else None
+    try:
+        ok = _native_runs(args, env, runs, samples, tls)
+    finally:
+        if tls is not None:
+            shutil.rmtree(tls.cert.parent, ignore_errors=True)
+    medians = native_medians(runs)
+    if args.rate_repeat > 1:
+        for line in _median_lines(medians):
+            print(line, flush=True)
+    path = args.out / "native-latency.json"
+    path.write_text(json.dumps({"runs": runs, "medians": medians}, indent=2) + "\n")
+    print(f"wrote {path}")
+    plot = args.out / "native_latency_cdf.png"
+    title = f"{args.rate_subscribers} SSE subscribers, {args.rate:g} events/s (C client)"
+    if latency_cdf(samples, plot, title, "publish to arrival on the subscriber's socket (ms)"):
+        print(f"wrote {plot}")
+    return 0 if ok else 1
+
+
+def _native_runs(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    runs: list[dict[str, Any]],
+    samples: dict[str, list[int]],
+    tls: TLSFiles | None,
+) -> bool:
+    """The interleaved runs (plasma, then each --against target, --rate-repeat times); each
+    result goes into ``runs`` as it ends. True if nothing was lost or reordered."""
+    from plasma_bench.native import run_native_latency
+
+    ok = True
     for _ in range(args.rate_repeat):
         for target in ["plasma", *args.against]:
             result, arrivals = run_native_latency(
@@ -458,6 +509,7 @@ def _native(args: argparse.Namespace) -> int:
                 keep_deliveries=(
                     args.out / f"deliveries-{len(runs) + 1}.txt" if args.keep_deliveries else None
                 ),
+                tls=tls,
             )
             runs.append(result)
             label = result["target"]
@@ -466,14 +518,41 @@ def _native(args: argparse.Namespace) -> int:
             samples[f"{label} #{len(runs)}"] = arrivals
             print(_native_line(result), flush=True)
             ok = ok and result["lost"] == 0 and result["reordered"] == 0
-    path = args.out / "native-latency.json"
-    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    print(f"wrote {path}")
-    plot = args.out / "native_latency_cdf.png"
-    title = f"{args.rate_subscribers} SSE subscribers, {args.rate:g} events/s (C client)"
-    if latency_cdf(samples, plot, title, "publish to arrival on the subscriber's socket (ms)"):
-        print(f"wrote {plot}")
-    return 0 if ok else 1
+    return ok
+
+
+def native_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per target (plasma with its worker count, nchan): the median over its runs of the
+    p99s and of the CPU per delivery: the figure issue 16 asks to hold "in the median of
+    five interleaved runs"."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = r["target"] + (f" w={r['workers']}" if r["target"] == "plasma" else "")
+        groups.setdefault(key, []).append(r)
+    return {
+        key: {
+            "runs": len(rs),
+            "arrival_p99_ms": round(statistics.median(r["arrival_ms"]["p99"] for r in rs), 3),
+            "read_p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in rs), 3),
+            "arrival_p50_ms": round(statistics.median(r["arrival_ms"]["p50"] for r in rs), 3),
+            "server_cpu_s_per_M": round(statistics.median(r["server_cpu_s_per_M"] for r in rs), 3),
+            "arrival_p99_all": [r["arrival_ms"]["p99"] for r in rs],
+            "lost": sum(r["lost"] for r in rs),
+        }
+        for key, rs in groups.items()
+    }
+
+
+def _median_lines(medians: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["medians per target:"]
+    for key, m in medians.items():
+        lines.append(
+            f"  {key}: {m['runs']} runs, arrival p99 median {m['arrival_p99_ms']} ms "
+            f"(runs {', '.join(str(v) for v in m['arrival_p99_all'])}), read p99 median "
+            f"{m['read_p99_ms']} ms, arrival p50 median {m['arrival_p50_ms']} ms, server "
+            f"{m['server_cpu_s_per_M']} CPU-s/M, lost {m['lost']}"
+        )
+    return lines
 
 
 def _native_line(result: dict[str, Any]) -> str:
@@ -481,8 +560,9 @@ def _native_line(result: dict[str, Any]) -> str:
     none = {"p50": "-", "p99": "-"}
     start, span = result["fanout"].get("start_ms", none), result["fanout"].get("span_ms", none)
     workers = f", {result['workers']} worker(s)" if result["target"] == "plasma" else ""
+    tls = " TLS" if result.get("tls") else ""
     return (
-        f"{result['target']}: {result['connections']} SSE @ {result['rate']:g}/s for "
+        f"{result['target']}: {result['connections']} SSE{tls} @ {result['rate']:g}/s for "
         f"{result['seconds']:g}s{workers}\n"
         f"  publish to socket arrival: p50 {arr['p50']} ms, p90 {arr['p90']} ms, "
         f"p99 {arr['p99']} ms, max {arr['max']} ms\n"

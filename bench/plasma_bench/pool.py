@@ -104,6 +104,7 @@ class ClientPool:
         timeout: float,
         concurrency: int = 200,
         auth: dict[str, str] | None = None,
+        tls: str | None = None,
     ) -> dict[str, Any]:
         """Open ``count`` more connections, split over the processes; wait for all."""
         shares = [
@@ -123,6 +124,7 @@ class ClientPool:
                 timeout=timeout,
                 strict=strict,
                 auth=auth,
+                tls=tls,
             )
         replies = await self._gather("connected", range(self.size), timeout + 30)
         errors: dict[str, int] = {}

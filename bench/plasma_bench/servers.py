@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from plasma_bench.tls import TLSFiles
+
 __all__ = [
     "NchanServer",
     "PlasmaServer",
@@ -123,6 +125,13 @@ class Target:
     host = "127.0.0.1"
     port = 0
     label = "plasma"
+    tls: TLSFiles | None = None
+    """With ``--tls``: the certificate the subscribers must see on ``port``."""
+
+    @property
+    def publish_port(self) -> int:
+        """Where an HTTP publisher (Nchan's ``/pub``) connects: always cleartext."""
+        return self.port
 
     def server_pids(self) -> list[int]:
         return []
@@ -152,12 +161,15 @@ class PlasmaServer(Target, Managed):
 
     name = "plasma"
 
-    def __init__(self, redis_addr: str, channel: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, redis_addr: str, channel: str, env: dict[str, str], tls: TLSFiles | None = None
+    ) -> None:
         Managed.__init__(self)
         self.port = free_port()
         self.redis_addr = redis_addr
         self.channel = channel
         self.extra_env = env
+        self.tls = tls
         self.label = "plasma" + (
             f" (workers={env['PLASMA_WORKERS']})" if "PLASMA_WORKERS" in env else ""
         )
@@ -178,6 +190,9 @@ class PlasmaServer(Target, Managed):
                 "PLASMA_CLIENT_BUFFER": str(8 << 20),
             }
         )
+        if self.tls is not None:
+            env["PLASMA_TLS_CERT_FILE"] = str(self.tls.cert)
+            env["PLASMA_TLS_KEY_FILE"] = str(self.tls.key)
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "plasma"],
@@ -228,9 +243,27 @@ class NchanServer(Target, Managed):
     label = "nchan"
     MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TLSFiles | None = None) -> None:
         Managed.__init__(self)
         self.port = free_port()
+        self.tls = tls
+        self._publish_port = free_port() if tls is not None else self.port
+
+    @property
+    def publish_port(self) -> int:
+        return self._publish_port
+
+    def _tls_lines(self) -> str:
+        """With ``--tls``: the certificate, and a cleartext listener for the publisher only
+        (plasma's publisher, Redis, is cleartext too)."""
+        if self.tls is None:
+            return ""
+        return (
+            f"listen 127.0.0.1:{self._publish_port} backlog=4096;\n"
+            f"        ssl_certificate {self.tls.cert};\n"
+            f"        ssl_certificate_key {self.tls.key};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
 
     def sse_path(self, event_type: str) -> str:
         return f"/sub?eventType={event_type}"
@@ -244,6 +277,8 @@ class NchanServer(Target, Managed):
             "@NOFILE@": str(hard),
             "@WORKER_CONNECTIONS@": str(max(1024, hard - 32)),
             "@MODULE@": self.MODULE,
+            "@SSL@": "ssl " if self.tls is not None else "",
+            "@TLS@": self._tls_lines(),
         }.items():
             text = text.replace(key, value)
         (self.dir / "nchan.conf").write_text(text)
