@@ -124,35 +124,30 @@ def test_bench_smoke_tls(tmp_path: Path) -> None:
 )
 def test_native_latency_client_tls(tmp_path: Path) -> None:
     """``--native-latency --tls``: the C client built with OpenSSL reads every delivery over
-    TLS; ``--rate-repeat 2`` reports the per-target median of the runs."""
+    TLS; ``--workers 1,2 --rate-repeat 2`` interleaves one and two workers (and Nchan) and
+    reports each target's median of the runs."""
     out = tmp_path / "results"
     with_nchan = ["--against", "nchan"] if _nchan_installed() else []
     _bench(
         out,
-        "--native-latency",
-        "--tls",
-        *with_nchan,
+        *("--native-latency", "--tls", "--workers", "1,2", *with_nchan),
         *("--rate", "50", "--rate-seconds", "1", "--rate-subscribers", "20", "--rate-repeat", "2"),
     )
     report = json.loads((out / "native-latency.json").read_text())
-    targets = ["plasma", *(["nchan"] if with_nchan else [])]
-    assert [run["target"] for run in report["runs"]] == targets * 2
+    keys = ["plasma w=1", "plasma w=2", *(["nchan"] if with_nchan else [])]
+
+    def key(run: dict[str, Any]) -> str:
+        return f"plasma w={run['workers']}" if run["target"] == "plasma" else run["target"]
+
+    assert [key(run) for run in report["runs"]] == keys * 2
     for run in report["runs"]:
         assert run["tls"] is True
         assert run["deliveries"] == run["expected"] == 20 * 50
         assert run["lost"] == run["duplicated"] == run["reordered"] == 0
     medians = report["medians"]
-    assert set(medians) == {"plasma w=1", *(["nchan"] if with_nchan else [])}
-    for key, median in medians.items():
-        runs = [
-            r
-            for r in report["runs"]
-            if ("plasma w=1" if r["target"] == "plasma" else "nchan") == key
-        ]
+    assert list(medians) == keys
+    for name, median in medians.items():
+        p99s = [r["arrival_ms"]["p99"] for r in report["runs"] if key(r) == name]
         assert median["runs"] == 2
-        assert median["arrival_p99_all"] == [r["arrival_ms"]["p99"] for r in runs]
-        assert (
-            min(median["arrival_p99_all"])
-            <= median["arrival_p99_ms"]
-            <= max(median["arrival_p99_all"])
-        )
+        assert median["arrival_p99_all"] == p99s
+        assert median["arrival_p99_ms"] == round((p99s[0] + p99s[1]) / 2, 3)

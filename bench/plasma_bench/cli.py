@@ -158,7 +158,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="parse every frame fully (de-chunk, JSON, protobuf); default in --smoke",
     )
-    p.add_argument("--workers", type=int, default=None, help="PLASMA_WORKERS for the server")
+    p.add_argument(
+        "--workers",
+        type=_ints,
+        default=None,
+        help="PLASMA_WORKERS for the server; with --native-latency a comma list (1,2) runs "
+        "plasma once per count in each round, interleaved",
+    )
     p.add_argument(
         "--tls",
         action="store_true",
@@ -215,6 +221,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds allowed for one step of connections (120)",
     )
     args = p.parse_args(argv)
+    args.worker_counts = args.workers or []
+    if len(args.worker_counts) > 1 and not args.native_latency:
+        p.error("--workers takes one count, except with --native-latency")
+    args.workers = args.worker_counts[0] if args.worker_counts else None
     if args.smoke:
         args.sse = [50]
         args.burst_events = 20
@@ -460,8 +470,6 @@ def _native(args: argparse.Namespace) -> int:
         print(f"bench: --against nchan: {why}", file=sys.stderr)
         return 2
     env = dict(kv.split("=", 1) for kv in args.env)
-    if args.workers is not None:
-        env["PLASMA_WORKERS"] = str(args.workers)
     runs: list[dict[str, Any]] = []
     samples: dict[str, list[int]] = {}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -492,20 +500,25 @@ def _native_runs(
     samples: dict[str, list[int]],
     tls: TLSFiles | None,
 ) -> bool:
-    """The interleaved runs (plasma, then each --against target, --rate-repeat times); each
-    result goes into ``runs`` as it ends. True if nothing was lost or reordered."""
+    """The interleaved runs (plasma at each --workers count, then each --against target,
+    --rate-repeat times); each result goes into ``runs`` as it ends. True if nothing was
+    lost or reordered."""
     from plasma_bench.native import run_native_latency
 
     ok = True
+    plasmas = [
+        ("plasma", {**env, "PLASMA_WORKERS": str(n)} if n is not None else env)
+        for n in (args.worker_counts or [None])
+    ]
     for _ in range(args.rate_repeat):
-        for target in ["plasma", *args.against]:
+        for target, target_env in [*plasmas, *((name, env) for name in args.against)]:
             result, arrivals = run_native_latency(
                 target=target,
                 rate=args.rate,
                 seconds=args.rate_seconds,
                 subscribers=args.rate_subscribers,
                 event_bytes=args.event_bytes,
-                env=env,
+                env=target_env,
                 keep_deliveries=(
                     args.out / f"deliveries-{len(runs) + 1}.txt" if args.keep_deliveries else None
                 ),
