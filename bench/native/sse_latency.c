@@ -87,50 +87,8 @@ static long long field(const char *line, const char *end, const char *name) {
     return strtoll(p + strlen(name), NULL, 10);
 }
 
-/* Read what one connection has and account for every complete event in it. */
-static void on_readable(int ep, struct conn *c) {
-    struct iovec iov = {.iov_base = c->buf + c->len, .iov_len = BUF - 1 - c->len};
-    union {
-        char space[CMSG_SPACE(sizeof(struct timespec))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = control.space, .msg_controllen = sizeof control.space};
-    ssize_t r = recvmsg(c->fd, &msg, 0);
-    if (r <= 0) {
-        if (r < 0 && errno == EAGAIN) return;
-        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-        return;
-    }
-    long long t_recv = now_ns(), t_arrival = t_recv;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-            t_arrival = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        }
-    }
-#ifdef SSE_TLS
-    if (c->ssl) {
-        /* The bytes read are records: hand them to OpenSSL and take out what it decrypts. */
-        BIO_write(c->in, c->buf + c->len, (int)r);
-        size_t plain = 0;
-        for (;;) {
-            int n = SSL_read(c->ssl, c->buf + c->len + plain, (int)(BUF - 1 - c->len - plain));
-            if (n <= 0) {
-                int err = SSL_get_error(c->ssl, n);
-                if (err != SSL_ERROR_WANT_READ) {
-                    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-                    return;
-                }
-                break;
-            }
-            plain += n;
-        }
-        r = (ssize_t)plain;
-    }
-#endif
-    c->len += r;
+/* Account for every complete event in c->buf; keep a partial line for the next read. */
+static void consume(struct conn *c, long long t_arrival, long long t_recv) {
     c->buf[c->len] = 0;
     char *p = c->buf, *end = c->buf + c->len;
     if (!c->ready) {
@@ -144,7 +102,6 @@ static void on_readable(int ep, struct conn *c) {
         run.ready++;
         p = head_end + 4;
     }
-    /* Consume every complete line; keep a partial one for the next read. */
     char *nl;
     while ((nl = memchr(p, '\n', end - p)) != NULL) {
         if (nl - p > 6 && memcmp(p, "data: ", 6) == 0) {
@@ -173,6 +130,69 @@ static void on_readable(int ep, struct conn *c) {
     }
     c->len = end - p;
     memmove(c->buf, p, c->len);
+}
+
+/* Read what one connection has and account for every complete event in it. */
+static void on_readable(int ep, struct conn *c) {
+#ifdef SSE_TLS
+    static char raw[BUF];
+    char *into = c->ssl ? raw : c->buf + c->len;
+    size_t room = c->ssl ? BUF : BUF - 1 - c->len;
+#else
+    char *into = c->buf + c->len;
+    size_t room = BUF - 1 - c->len;
+#endif
+    struct iovec iov = {.iov_base = into, .iov_len = room};
+    union {
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control.space, .msg_controllen = sizeof control.space};
+    ssize_t r = recvmsg(c->fd, &msg, 0);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        if (c->next != run.first + run.count)
+            fprintf(stderr, "connection %ld closed by the server\n", (long)(c - run.conns));
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        return;
+    }
+    long long t_recv = now_ns(), t_arrival = t_recv;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            t_arrival = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+#ifdef SSE_TLS
+    if (c->ssl) {
+        /* The bytes read are records: OpenSSL decrypts them into the line buffer, which is
+         * emptied of complete lines after every piece (a record may finish one begun in an
+         * earlier read, so the plaintext can be larger than this read). */
+        BIO_write(c->in, raw, (int)r);
+        for (;;) {
+            int n = SSL_read(c->ssl, c->buf + c->len, (int)(BUF - 1 - c->len));
+            if (n <= 0) {
+                int err = SSL_get_error(c->ssl, n);
+                if (err != SSL_ERROR_WANT_READ) {
+                    fprintf(stderr, "TLS error %d on connection %ld\n", err, (long)(c - run.conns));
+                    ERR_print_errors_fp(stderr);
+                    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                }
+                return;
+            }
+            c->len += n;
+            consume(c, t_arrival, t_recv);
+            if (c->len >= BUF - 1) {
+                fprintf(stderr, "line too long on connection %ld\n", (long)(c - run.conns));
+                exit(1);
+            }
+        }
+    }
+#endif
+    c->len += r;
+    consume(c, t_arrival, t_recv);
 }
 
 int main(int argc, char **argv) {
