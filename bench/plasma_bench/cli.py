@@ -3,6 +3,9 @@
 ./scripts/bench                     the issue-5 scenarios against plasma
 ./scripts/bench --against nchan     ... and the same scenarios against Nchan
 ./scripts/bench --smoke             a few seconds: 50 SSE, a few gRPC, 20 events (CI)
+./scripts/bench --tls --against nchan   the same, every subscriber over TLS
+./scripts/bench --native-latency --workers 1,2 --against nchan --rate-repeat 5
+                                    fixed rate, C client, interleaved; medians per target
 ./scripts/bench --target 127.0.0.1:8080 --redis 127.0.0.1:6379   a running server
 """
 

@@ -7,6 +7,7 @@ and publishes the same bench events at a fixed rate while the C client measures
 publish-to-receive latency. ``--against nchan`` runs Nchan the same way, after plasma.
 
     ./scripts/bench --native-latency [--rate 100] [--rate-seconds 10] [--rate-subscribers 1000]
+    ./scripts/bench --native-latency --tls     the client built with OpenSSL (libssl-dev)
 """
 
 from __future__ import annotations
