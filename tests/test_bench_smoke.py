@@ -138,3 +138,62 @@ def test_bench_smoke_fanout_through_brokers(tmp_path: Path) -> None:
         (level,) = run["sweep"]["levels"]
         assert level["subscribers"] == 50
         _clean(level["burst"])
+
+
+def _nchan_installed() -> bool:
+    return shutil.which("nginx") is not None or Path("/usr/sbin/nginx").exists()
+
+
+def test_bench_smoke_tls(tmp_path: Path) -> None:
+    """``--smoke --tls``: plasma (and Nchan where installed) serve every subscriber over TLS
+    with the run's own certificate; SSE bursts, the fixed rate and gRPC arrive whole."""
+    out = tmp_path / "results"
+    with_nchan = ["--against", "nchan"] if _nchan_installed() else []
+    _bench(out, "--smoke", "--tls", *with_nchan)
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["tls"] is True
+    runs = {run["target"]: run for run in results["runs"]}
+    assert set(runs) == {"plasma", *(["nchan"] if with_nchan else [])}
+    for run in runs.values():
+        assert run["label"].endswith(" tls")
+        (level,) = run["sweep"]["levels"]
+        assert level["subscribers"] == 50
+        _clean(level["burst"])
+        _clean(run["sweep"]["rate"])
+    _clean(runs["plasma"]["grpc"]["burst"])
+    _clean(runs["plasma"]["grpc"]["rate"])
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the native client")
+@pytest.mark.skipif(
+    not Path("/usr/include/openssl/ssl.h").exists(), reason="no OpenSSL headers (libssl-dev)"
+)
+def test_native_latency_client_tls(tmp_path: Path) -> None:
+    """``--native-latency --tls``: the C client built with OpenSSL reads every delivery over
+    TLS; ``--workers 1,2 --rate-repeat 2`` interleaves one and two workers (and Nchan) and
+    reports each target's median of the runs."""
+    out = tmp_path / "results"
+    with_nchan = ["--against", "nchan"] if _nchan_installed() else []
+    _bench(
+        out,
+        *("--native-latency", "--tls", "--workers", "1,2", *with_nchan),
+        *("--rate", "50", "--rate-seconds", "1", "--rate-subscribers", "20", "--rate-repeat", "2"),
+    )
+    report = json.loads((out / "native-latency.json").read_text())
+    keys = ["plasma w=1", "plasma w=2", *(["nchan"] if with_nchan else [])]
+
+    def key(run: dict[str, Any]) -> str:
+        return f"plasma w={run['workers']}" if run["target"] == "plasma" else run["target"]
+
+    assert [key(run) for run in report["runs"]] == keys * 2
+    for run in report["runs"]:
+        assert run["tls"] is True
+        assert run["deliveries"] == run["expected"] == 20 * 50
+        assert run["lost"] == run["duplicated"] == run["reordered"] == 0
+    medians = report["medians"]
+    assert list(medians) == keys
+    for name, median in medians.items():
+        p99s = [r["arrival_ms"]["p99"] for r in report["runs"] if key(r) == name]
+        assert median["runs"] == 2
+        assert median["arrival_p99_all"] == p99s
+        assert median["arrival_p99_ms"] == round((p99s[0] + p99s[1]) / 2, 3)

@@ -20,6 +20,11 @@
  *   overstate their latency.
  * With SSE_LATENCY_DUMP=FILE in the environment, every delivery is also written to FILE
  * as "sequence connection publish_ns arrival_ns read_ns" (ns since EPOCH_NS), for analysis.
+ *
+ * TLS (compiled with -DSSE_TLS, linked with -lssl -lcrypto; on with SSE_LATENCY_TLS_CA=FILE,
+ * the PEM certificate to trust): each connection's handshake runs blocking on its socket, then
+ * reads go recvmsg -> memory BIO -> SSL_read, so the kernel's arrival timestamp of the
+ * encrypted bytes is kept exactly as in cleartext.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -35,12 +40,20 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef SSE_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define BUF 65536
 #define BATCH 256
 
 struct conn {
     int fd;
+#ifdef SSE_TLS
+    SSL *ssl;              /* NULL in cleartext */
+    BIO *in;               /* what recvmsg read, for SSL_read */
+#endif
     int ready;             /* saw the 200 response head */
     long long next;        /* next expected sequence number */
     long long got, dup, reorder;
@@ -74,30 +87,8 @@ static long long field(const char *line, const char *end, const char *name) {
     return strtoll(p + strlen(name), NULL, 10);
 }
 
-/* Read what one connection has and account for every complete event in it. */
-static void on_readable(int ep, struct conn *c) {
-    struct iovec iov = {.iov_base = c->buf + c->len, .iov_len = BUF - 1 - c->len};
-    union {
-        char space[CMSG_SPACE(sizeof(struct timespec))];
-        struct cmsghdr align;
-    } control;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                         .msg_control = control.space, .msg_controllen = sizeof control.space};
-    ssize_t r = recvmsg(c->fd, &msg, 0);
-    if (r <= 0) {
-        if (r < 0 && errno == EAGAIN) return;
-        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-        return;
-    }
-    long long t_recv = now_ns(), t_arrival = t_recv;
-    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
-        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
-            struct timespec ts;
-            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
-            t_arrival = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        }
-    }
-    c->len += r;
+/* Account for every complete event in c->buf; keep a partial line for the next read. */
+static void consume(struct conn *c, long long t_arrival, long long t_recv) {
     c->buf[c->len] = 0;
     char *p = c->buf, *end = c->buf + c->len;
     if (!c->ready) {
@@ -111,7 +102,6 @@ static void on_readable(int ep, struct conn *c) {
         run.ready++;
         p = head_end + 4;
     }
-    /* Consume every complete line; keep a partial one for the next read. */
     char *nl;
     while ((nl = memchr(p, '\n', end - p)) != NULL) {
         if (nl - p > 6 && memcmp(p, "data: ", 6) == 0) {
@@ -140,6 +130,69 @@ static void on_readable(int ep, struct conn *c) {
     }
     c->len = end - p;
     memmove(c->buf, p, c->len);
+}
+
+/* Read what one connection has and account for every complete event in it. */
+static void on_readable(int ep, struct conn *c) {
+#ifdef SSE_TLS
+    static char raw[BUF];
+    char *into = c->ssl ? raw : c->buf + c->len;
+    size_t room = c->ssl ? BUF : BUF - 1 - c->len;
+#else
+    char *into = c->buf + c->len;
+    size_t room = BUF - 1 - c->len;
+#endif
+    struct iovec iov = {.iov_base = into, .iov_len = room};
+    union {
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control.space, .msg_controllen = sizeof control.space};
+    ssize_t r = recvmsg(c->fd, &msg, 0);
+    if (r <= 0) {
+        if (r < 0 && errno == EAGAIN) return;
+        if (c->next != run.first + run.count)
+            fprintf(stderr, "connection %ld closed by the server\n", (long)(c - run.conns));
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        return;
+    }
+    long long t_recv = now_ns(), t_arrival = t_recv;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            t_arrival = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+#ifdef SSE_TLS
+    if (c->ssl) {
+        /* The bytes read are records: OpenSSL decrypts them into the line buffer, which is
+         * emptied of complete lines after every piece (a record may finish one begun in an
+         * earlier read, so the plaintext can be larger than this read). */
+        BIO_write(c->in, raw, (int)r);
+        for (;;) {
+            int n = SSL_read(c->ssl, c->buf + c->len, (int)(BUF - 1 - c->len));
+            if (n <= 0) {
+                int err = SSL_get_error(c->ssl, n);
+                if (err != SSL_ERROR_WANT_READ) {
+                    fprintf(stderr, "TLS error %d on connection %ld\n", err, (long)(c - run.conns));
+                    ERR_print_errors_fp(stderr);
+                    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                }
+                return;
+            }
+            c->len += n;
+            consume(c, t_arrival, t_recv);
+            if (c->len >= BUF - 1) {
+                fprintf(stderr, "line too long on connection %ld\n", (long)(c - run.conns));
+                exit(1);
+            }
+        }
+    }
+#endif
+    c->len += r;
+    consume(c, t_arrival, t_recv);
 }
 
 int main(int argc, char **argv) {
@@ -172,6 +225,20 @@ int main(int argc, char **argv) {
     run.lat = malloc(sizeof(long long) * (run.cap ? run.cap : 1));
     run.arr = malloc(sizeof(long long) * (run.cap ? run.cap : 1));
     int ep = epoll_create1(0);
+#ifdef SSE_TLS
+    SSL_CTX *tls = NULL;
+    const char *ca = getenv("SSE_LATENCY_TLS_CA");
+    if (ca && *ca) {
+        static const unsigned char alpn[] = "\x08http/1.1";
+        tls = SSL_CTX_new(TLS_client_method());
+        if (!tls || SSL_CTX_load_verify_locations(tls, ca, NULL) != 1) {
+            ERR_print_errors_fp(stderr);
+            return 2;
+        }
+        SSL_CTX_set_verify(tls, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_alpn_protos(tls, alpn, sizeof alpn - 1);
+    }
+#endif
     char req[512];
     int reqlen = snprintf(req, sizeof req,
         "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n\r\n", path, host);
@@ -187,6 +254,23 @@ int main(int argc, char **argv) {
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
+#ifdef SSE_TLS
+        if (tls) {
+            SSL *ssl = SSL_new(tls);
+            SSL_set_fd(ssl, fd);
+            SSL_set_tlsext_host_name(ssl, "localhost");
+            SSL_set1_host(ssl, "localhost");
+            if (SSL_connect(ssl) != 1 || SSL_write(ssl, req, reqlen) != reqlen) {
+                ERR_print_errors_fp(stderr);
+                fprintf(stderr, "TLS handshake or request failed on connection %d\n", i);
+                return 1;
+            }
+            /* From here on the records recvmsg reads are fed to OpenSSL by hand. */
+            conns[i].in = BIO_new(BIO_s_mem());
+            SSL_set0_rbio(ssl, conns[i].in);
+            conns[i].ssl = ssl;
+        } else
+#endif
         if (write(fd, req, reqlen) != reqlen) { perror("write"); return 1; }
         conns[i].fd = fd;
         conns[i].next = run.first;

@@ -5,6 +5,9 @@
 ./scripts/bench --smoke             a few seconds: 50 SSE, a few gRPC, 20 events (CI)
 ./scripts/bench --ingest --unicast --source redis,redis-cluster,nats   events in per second
 ./scripts/bench --scenarios burst --sse 1000 --source redis,redis-cluster,nats   fan-out
+./scripts/bench --tls --against nchan   the same, every subscriber over TLS
+./scripts/bench --native-latency --workers 1,2 --against nchan --rate-repeat 5
+                                    fixed rate, C client, interleaved; medians per target
 ./scripts/bench --target 127.0.0.1:8080 --redis 127.0.0.1:6379   a running server
 """
 
@@ -15,8 +18,11 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +51,7 @@ from plasma_bench.servers import (
     Target,
     nchan_available,
 )
+from plasma_bench.tls import TLSFiles, make_certificate
 
 __all__ = ["main"]
 
@@ -207,7 +214,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="parse every frame fully (de-chunk, JSON, protobuf); default in --smoke",
     )
-    p.add_argument("--workers", type=int, default=None, help="PLASMA_WORKERS for the server")
+    p.add_argument(
+        "--workers",
+        type=_ints,
+        default=None,
+        help="PLASMA_WORKERS for the server; with --native-latency a comma list (1,2) runs "
+        "plasma once per count in each round, interleaved",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="every server listens with TLS (one self-signed certificate, made for the run) "
+        "and every subscriber speaks TLS; publishers stay cleartext (Redis; Nchan's /pub on "
+        "a second port)",
+    )
     p.add_argument(
         "--auth",
         choices=AUTH_ALGORITHMS,
@@ -258,6 +278,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds allowed for one step of connections (120)",
     )
     args = p.parse_args(argv)
+    args.worker_counts = args.workers or []
+    if len(args.worker_counts) > 1 and not args.native_latency:
+        p.error("--workers takes one count, except with --native-latency")
+    args.workers = args.worker_counts[0] if args.worker_counts else None
     if args.smoke:
         args.sse = [50]
         args.burst_events = 20
@@ -374,6 +398,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.target or args.against:
             raise SystemExit("bench: --auth starts its own plasma: not with --target or --against")
         auth_env, auth = server_auth(args.auth, out)
+    tls: TLSFiles | None = None
+    if args.tls:
+        if args.target:
+            raise SystemExit("bench: --tls starts its own servers: not with --target")
+        tls = make_certificate(Path(tempfile.mkdtemp(prefix="plasma-bench-tls-")))
     settings = Settings(
         scenarios=scenarios,
         sse_levels=args.sse,
@@ -394,6 +423,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         profile=args.profile,
         notes=notes,
         auth=auth,
+        tls=args.tls,
     )
     started = time.time()
     results: dict[str, Any] = {
@@ -457,6 +487,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             f" w={args.workers}" if args.workers is not None else ""
                         )
                         label += f" auth={args.auth}" if args.auth else ""
+                        label += " tls" if tls else ""
                         label += f" {source}" if args.source != ["redis"] else ""
                         if len(args.plasma_python) > 1:
                             label += f" [{_python_name(python)}]"
@@ -464,7 +495,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             (
                                 "plasma",
                                 label,
-                                _plasma_factory(addr, args, env, python, source, brokers),
+                                _plasma_factory(addr, args, env, python, source, brokers, tls),
                                 source,
                             )
                         )
@@ -474,7 +505,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 notes.append(f"nchan skipped: {why}")
                 log(f"note: nchan skipped: {why}")
             else:
-                runs.append(("nchan", "nchan", lambda: NchanServer().start(), None))
+                runs.append(
+                    (
+                        "nchan",
+                        "nchan tls" if tls else "nchan",
+                        lambda: NchanServer(tls).start(),
+                        None,
+                    )
+                )
         try:
             for kind, label, make, source in runs:
                 make_publisher = None
@@ -513,6 +551,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await pool.stop()
         if redis is not None:
             await asyncio.to_thread(redis.stop)
+        if tls is not None:
+            shutil.rmtree(tls.cert.parent, ignore_errors=True)
     results["seconds"] = round(time.time() - started, 1)
     if args.profile:
         results["profiles"] = {}
@@ -536,16 +576,17 @@ def _plasma_factory(
     python: str,
     source: str,
     brokers: dict[str, Broker],
+    tls: TLSFiles | None = None,
 ) -> Any:
     """A function that starts plasma with ``python`` on ``source`` (the one Redis at ``addr``
     for ``redis``, else the broker started for it then)."""
 
     def make() -> Target:
         if source == "redis":
-            return PlasmaServer(addr, args.channel, env, python=python).start()
+            return PlasmaServer(addr, args.channel, env, python=python, tls=tls).start()
         broker = brokers[source]
         own = {**broker.plasma_env(broker.channels(1)), **env}
-        return PlasmaServer("", "", own, python=python).start()
+        return PlasmaServer("", "", own, python=python, tls=tls).start()
 
     return make
 
@@ -560,40 +601,25 @@ def _write_json(out: Path, results: dict[str, Any]) -> Path:
 
 def _native(args: argparse.Namespace) -> int:
     """Fixed-rate latency with the C client: each target ``--rate-repeat`` times, interleaved."""
-    from plasma_bench.native import run_native_latency
-
     if "nchan" in args.against and (why := nchan_available()) is not None:
         print(f"bench: --against nchan: {why}", file=sys.stderr)
         return 2
     env = dict(kv.split("=", 1) for kv in args.env)
-    if args.workers is not None:
-        env["PLASMA_WORKERS"] = str(args.workers)
     runs: list[dict[str, Any]] = []
     samples: dict[str, list[int]] = {}
-    ok = True
     args.out.mkdir(parents=True, exist_ok=True)
-    for _ in range(args.rate_repeat):
-        for target in ["plasma", *args.against]:
-            result, arrivals = run_native_latency(
-                target=target,
-                rate=args.rate,
-                seconds=args.rate_seconds,
-                subscribers=args.rate_subscribers,
-                event_bytes=args.event_bytes,
-                env=env,
-                keep_deliveries=(
-                    args.out / f"deliveries-{len(runs) + 1}.txt" if args.keep_deliveries else None
-                ),
-            )
-            runs.append(result)
-            label = result["target"]
-            if target == "plasma":
-                label += f" ({result['workers']} worker{'s' if result['workers'] != '1' else ''})"
-            samples[f"{label} #{len(runs)}"] = arrivals
-            print(_native_line(result), flush=True)
-            ok = ok and result["lost"] == 0 and result["reordered"] == 0
+    tls = make_certificate(Path(tempfile.mkdtemp(prefix="plasma-bench-tls-"))) if args.tls else None
+    try:
+        ok = _native_runs(args, env, runs, samples, tls)
+    finally:
+        if tls is not None:
+            shutil.rmtree(tls.cert.parent, ignore_errors=True)
+    medians = native_medians(runs)
+    if args.rate_repeat > 1:
+        for line in _median_lines(medians):
+            print(line, flush=True)
     path = args.out / "native-latency.json"
-    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    path.write_text(json.dumps({"runs": runs, "medians": medians}, indent=2) + "\n")
     print(f"wrote {path}")
     plot = args.out / "native_latency_cdf.png"
     title = f"{args.rate_subscribers} SSE subscribers, {args.rate:g} events/s (C client)"
@@ -602,13 +628,89 @@ def _native(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _native_runs(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    runs: list[dict[str, Any]],
+    samples: dict[str, list[int]],
+    tls: TLSFiles | None,
+) -> bool:
+    """The interleaved runs (plasma at each --workers count, then each --against target,
+    --rate-repeat times); each result goes into ``runs`` as it ends. True if nothing was
+    lost or reordered."""
+    from plasma_bench.native import run_native_latency
+
+    ok = True
+    plasmas = [
+        ("plasma", {**env, "PLASMA_WORKERS": str(n)} if n is not None else env)
+        for n in (args.worker_counts or [None])
+    ]
+    for _ in range(args.rate_repeat):
+        for target, target_env in [*plasmas, *((name, env) for name in args.against)]:
+            result, arrivals = run_native_latency(
+                target=target,
+                rate=args.rate,
+                seconds=args.rate_seconds,
+                subscribers=args.rate_subscribers,
+                event_bytes=args.event_bytes,
+                env=target_env,
+                keep_deliveries=(
+                    args.out / f"deliveries-{len(runs) + 1}.txt" if args.keep_deliveries else None
+                ),
+                tls=tls,
+            )
+            runs.append(result)
+            label = result["target"]
+            if target == "plasma":
+                label += f" ({result['workers']} worker{'s' if result['workers'] != '1' else ''})"
+            samples[f"{label} #{len(runs)}"] = arrivals
+            print(_native_line(result), flush=True)
+            ok = ok and result["lost"] == 0 and result["reordered"] == 0
+    return ok
+
+
+def native_medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per target (plasma with its worker count, nchan): the median over its runs of the
+    p99s and of the CPU per delivery: the figure issue 16 asks to hold "in the median of
+    five interleaved runs"."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        key = r["target"] + (f" w={r['workers']}" if r["target"] == "plasma" else "")
+        groups.setdefault(key, []).append(r)
+    return {
+        key: {
+            "runs": len(rs),
+            "arrival_p99_ms": round(statistics.median(r["arrival_ms"]["p99"] for r in rs), 3),
+            "read_p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in rs), 3),
+            "arrival_p50_ms": round(statistics.median(r["arrival_ms"]["p50"] for r in rs), 3),
+            "server_cpu_s_per_M": round(statistics.median(r["server_cpu_s_per_M"] for r in rs), 3),
+            "arrival_p99_all": [r["arrival_ms"]["p99"] for r in rs],
+            "lost": sum(r["lost"] for r in rs),
+        }
+        for key, rs in groups.items()
+    }
+
+
+def _median_lines(medians: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["medians per target:"]
+    for key, m in medians.items():
+        lines.append(
+            f"  {key}: {m['runs']} runs, arrival p99 median {m['arrival_p99_ms']} ms "
+            f"(runs {', '.join(str(v) for v in m['arrival_p99_all'])}), read p99 median "
+            f"{m['read_p99_ms']} ms, arrival p50 median {m['arrival_p50_ms']} ms, server "
+            f"{m['server_cpu_s_per_M']} CPU-s/M, lost {m['lost']}"
+        )
+    return lines
+
+
 def _native_line(result: dict[str, Any]) -> str:
     lat, arr = result["latency_ms"], result["arrival_ms"]
     none = {"p50": "-", "p99": "-"}
     start, span = result["fanout"].get("start_ms", none), result["fanout"].get("span_ms", none)
     workers = f", {result['workers']} worker(s)" if result["target"] == "plasma" else ""
+    tls = " TLS" if result.get("tls") else ""
     return (
-        f"{result['target']}: {result['connections']} SSE @ {result['rate']:g}/s for "
+        f"{result['target']}: {result['connections']} SSE{tls} @ {result['rate']:g}/s for "
         f"{result['seconds']:g}s{workers}\n"
         f"  publish to socket arrival: p50 {arr['p50']} ms, p90 {arr['p90']} ms, "
         f"p99 {arr['p99']} ms, max {arr['max']} ms\n"

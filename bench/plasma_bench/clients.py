@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from plasma_bench.auth import TokenMinter
+from plasma_bench.tls import SERVER_NAME, client_context
 from plasma_bench.wire import EVENT_RE, grpc_frame, pb_payload_decode, pb_request
 
 __all__ = ["client_main", "raise_nofile"]
@@ -365,7 +366,7 @@ class GrpcClient(Subscriber, asyncio.Protocol):
             sid,
             [
                 (":method", "POST"),
-                (":scheme", "http"),
+                (":scheme", "https" if transport.get_extra_info("ssl_object") else "http"),
                 (":path", "/proto.StreamService/Events"),
                 (":authority", self.authority),
                 ("content-type", "application/grpc"),
@@ -518,6 +519,7 @@ class ClientProcess:
         strict: bool,
         auth: dict[str, str] | None = None,
         unicast_from: int | None = None,
+        tls: str | None = None,
     ) -> None:
         """Open ``count`` connections. With ``unicast_from``, the k-th one subscribes to its own
         type ``types[0] + str(unicast_from + k)`` (``path`` holds ``{type}`` for it)."""
@@ -535,6 +537,9 @@ class ClientProcess:
         request = (head + "\r\n").encode()
         minter = TokenMinter(auth, types) if auth else None
         errors: dict[str, int] = {}
+        # --tls: trust the bench's certificate; SSE asks for HTTP/1.1, gRPC for h2 (ALPN).
+        context = client_context(tls, ["h2" if kind == "grpc" else "http/1.1"]) if tls else None
+        server_name = SERVER_NAME if tls else None
 
         async def one(k: int) -> bool:
             async with sem:
@@ -562,9 +567,14 @@ class ClientProcess:
                 try:
                     async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                         await loop.sock_connect(sock, (host, port))
-                        await loop.create_connection(lambda: sub, sock=sock)  # type: ignore[arg-type, return-value]
+                        await loop.create_connection(
+                            lambda: sub,  # type: ignore[arg-type, return-value]
+                            sock=sock,
+                            ssl=context,
+                            server_hostname=server_name,
+                        )
                         ok = await sub.ready
-                except (OSError, TimeoutError) as exc:
+                except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                     sock.close()
                     sub.close()
                     key = type(exc).__name__ + (f" {exc.errno}" if isinstance(exc, OSError) else "")

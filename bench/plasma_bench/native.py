@@ -7,6 +7,7 @@ and publishes the same bench events at a fixed rate while the C client measures
 publish-to-receive latency. ``--against nchan`` runs Nchan the same way, after plasma.
 
     ./scripts/bench --native-latency [--rate 100] [--rate-seconds 10] [--rate-subscribers 1000]
+    ./scripts/bench --native-latency --tls     the client built with OpenSSL (libssl-dev)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import redis
 
 from plasma_bench.procstat import cpu_seconds
 from plasma_bench.servers import REPO, NchanServer, PlasmaServer, RedisServer
+from plasma_bench.tls import TLSFiles
 from plasma_bench.wire import event_json
 
 __all__ = ["fanout_summary", "run_native_latency"]
@@ -34,13 +36,25 @@ SOURCE = REPO / "bench" / "native" / "sse_latency.c"
 EVENT_TYPE = "bench"
 
 
-def build_client() -> Path:
-    """Compile the C client into a temporary directory; fail clearly without a compiler."""
+def build_client(tls: bool = False) -> Path:
+    """Compile the C client into a temporary directory; fail clearly without a compiler.
+    With ``tls`` it is built against OpenSSL (Debian: ``libssl-dev``)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise RuntimeError("--native-latency needs a C compiler (cc/gcc) on PATH")
     out = Path(tempfile.mkdtemp(prefix="plasma-native-")) / "sse_latency"
-    subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)], check=True)
+    flags = ["-DSSE_TLS"] if tls else []
+    libs = ["-lssl", "-lcrypto"] if tls else []
+    try:
+        subprocess.run([cc, "-O2", "-Wall", *flags, "-o", str(out), str(SOURCE), *libs], check=True)
+    except subprocess.CalledProcessError:
+        shutil.rmtree(out.parent, ignore_errors=True)
+        if tls:
+            raise RuntimeError(
+                "--native-latency --tls builds the C client with OpenSSL: install its headers "
+                "(Debian: apt-get install libssl-dev)"
+            ) from None
+        raise
     return out
 
 
@@ -92,11 +106,13 @@ def run_native_latency(
     event_bytes: int,
     env: dict[str, str],
     keep_deliveries: Path | None = None,
+    tls: TLSFiles | None = None,
 ) -> tuple[dict[str, Any], list[int]]:
     """One fixed-rate run against ``target`` ("plasma" or "nchan"): the C client's figures
     plus the fan-out summary, and every arrival latency (ns, sorted) for plotting. The
-    client's per-delivery lines are kept in ``keep_deliveries`` if given."""
-    binary = build_client()
+    client's per-delivery lines are kept in ``keep_deliveries`` if given. With ``tls`` the
+    server listens with that certificate and the client speaks TLS (publishers do not)."""
+    binary = build_client(tls is not None)
     dump = keep_deliveries or binary.parent / "deliveries.txt"
     store: RedisServer | None = None
     server: PlasmaServer | NchanServer | None = None
@@ -104,15 +120,15 @@ def run_native_latency(
     publish: Callable[[bytes], object]
     try:
         if target == "nchan":
-            server = NchanServer().start()
-            conn = http.client.HTTPConnection(server.host, server.port)
+            server = NchanServer(tls).start()
+            conn = http.client.HTTPConnection(server.host, server.publish_port)
 
             def publish(body: bytes) -> object:
                 conn.request("POST", f"/pub?eventType={EVENT_TYPE}", body=body)
                 return conn.getresponse().read()
         else:
             store = RedisServer().start()
-            server = PlasmaServer(f"{store.host}:{store.port}", EVENT_TYPE, env).start()
+            server = PlasmaServer(f"{store.host}:{store.port}", EVENT_TYPE, env, tls).start()
             r = redis.Redis(host=store.host, port=store.port)
 
             def publish(body: bytes) -> object:
@@ -134,7 +150,11 @@ def run_native_latency(
             ],
             stdout=subprocess.PIPE,
             text=True,
-            env={**os.environ, "SSE_LATENCY_DUMP": str(dump)},
+            env={
+                **os.environ,
+                "SSE_LATENCY_DUMP": str(dump),
+                "SSE_LATENCY_TLS_CA": str(tls.cert) if tls is not None else "",
+            },
         )
         assert client.stdout is not None
         if client.stdout.readline().strip() != "ready":
@@ -153,6 +173,7 @@ def run_native_latency(
         result["fanout"], arrivals = fanout_summary(dump)
         result.update(
             target=target,
+            tls=tls is not None,
             workers=env.get("PLASMA_WORKERS", "1") if target == "plasma" else "1",
             rate=rate,
             seconds=seconds,

@@ -105,6 +105,7 @@ class ClientPool:
         concurrency: int = 200,
         auth: dict[str, str] | None = None,
         unicast: bool = False,
+        tls: str | None = None,
     ) -> dict[str, Any]:
         """Open ``count`` more connections, split over the processes; wait for all.
 
@@ -129,6 +130,7 @@ class ClientPool:
                 strict=strict,
                 auth=auth,
                 unicast_from=firsts[i] if unicast else None,
+                tls=tls,
             )
         replies = await self._gather("connected", range(self.size), timeout + 30)
         errors: dict[str, int] = {}

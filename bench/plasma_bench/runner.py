@@ -51,6 +51,8 @@ class Settings:
     notes: list[str] = field(default_factory=list)
     auth: dict[str, str] | None = None
     """With ``--auth``: the algorithm and key the clients mint their tokens with."""
+    tls: bool = False
+    """With ``--tls``: every server listens with TLS, every subscriber speaks it."""
 
 
 class Meter:
@@ -149,7 +151,7 @@ class TargetRun:
         if target.kind == "nchan":
             self.publisher = NchanPublisher(
                 target.host,
-                target.port,
+                target.publish_port,
                 event_type=self.s.event_type,
                 size=self.s.event_bytes,
                 epoch_ns=self.epoch_ns,
@@ -233,6 +235,7 @@ class TargetRun:
             strict=self.s.strict,
             timeout=self.s.connect_timeout,
             auth=self.s.auth,
+            tls=str(t.tls.cert) if t.tls is not None else None,
         )
         r["seconds"] = round(time.monotonic() - started, 3)
         r["cpu"] = Meter.delta(before, meter.sample())

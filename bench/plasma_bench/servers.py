@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from plasma_bench.tls import TLSFiles
+
 __all__ = [
     "NchanServer",
     "PlasmaServer",
@@ -129,6 +131,13 @@ class Target:
     host = "127.0.0.1"
     port = 0
     label = "plasma"
+    tls: TLSFiles | None = None
+    """With ``--tls``: the certificate the subscribers must see on ``port``."""
+
+    @property
+    def publish_port(self) -> int:
+        """Where an HTTP publisher (Nchan's ``/pub``) connects: always cleartext."""
+        return self.port
 
     def server_pids(self) -> list[int]:
         return []
@@ -163,7 +172,12 @@ class PlasmaServer(Target, Managed):
     name = "plasma"
 
     def __init__(
-        self, redis_addr: str, channel: str, env: dict[str, str], python: str | None = None
+        self,
+        redis_addr: str,
+        channel: str,
+        env: dict[str, str],
+        tls: TLSFiles | None = None,
+        python: str | None = None,
     ) -> None:
         Managed.__init__(self)
         self.port = free_port()
@@ -171,6 +185,7 @@ class PlasmaServer(Target, Managed):
         self.channel = channel
         self.extra_env = env
         self.python = python or sys.executable
+        self.tls = tls
         self.label = "plasma" + (
             f" (workers={env['PLASMA_WORKERS']})" if "PLASMA_WORKERS" in env else ""
         )
@@ -192,6 +207,9 @@ class PlasmaServer(Target, Managed):
         if self.redis_addr:
             env["PLASMA_SUBSCRIBER_REDIS_ADDR"] = self.redis_addr
             env["PLASMA_SUBSCRIBER_REDIS_CHANNELS"] = self.channel
+        if self.tls is not None:
+            env["PLASMA_TLS_CERT_FILE"] = str(self.tls.cert)
+            env["PLASMA_TLS_KEY_FILE"] = str(self.tls.key)
         env.update(self.extra_env)
         self.proc = subprocess.Popen(
             [self.python, "-m", "plasma"],
@@ -243,9 +261,27 @@ class NchanServer(Target, Managed):
     label = "nchan"
     MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TLSFiles | None = None) -> None:
         Managed.__init__(self)
         self.port = free_port()
+        self.tls = tls
+        self._publish_port = free_port() if tls is not None else self.port
+
+    @property
+    def publish_port(self) -> int:
+        return self._publish_port
+
+    def _tls_lines(self) -> str:
+        """With ``--tls``: the certificate, and a cleartext listener for the publisher only
+        (plasma's publisher, Redis, is cleartext too)."""
+        if self.tls is None:
+            return ""
+        return (
+            f"listen 127.0.0.1:{self._publish_port} backlog=4096;\n"
+            f"        ssl_certificate {self.tls.cert};\n"
+            f"        ssl_certificate_key {self.tls.key};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;"
+        )
 
     def sse_path(self, event_type: str) -> str:
         return f"/sub?eventType={event_type}"
@@ -259,6 +295,8 @@ class NchanServer(Target, Managed):
             "@NOFILE@": str(hard),
             "@WORKER_CONNECTIONS@": str(max(1024, hard - 32)),
             "@MODULE@": self.MODULE,
+            "@SSL@": "ssl " if self.tls is not None else "",
+            "@TLS@": self._tls_lines(),
         }.items():
             text = text.replace(key, value)
         (self.dir / "nchan.conf").write_text(text)
