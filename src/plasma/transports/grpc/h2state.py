@@ -21,9 +21,7 @@ only their containers change. docs/benchmarks.md ("gRPC memory per stream") has 
 
 from __future__ import annotations
 
-import collections
 import functools
-from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import h2.config
@@ -57,7 +55,7 @@ class LeanSettings(h2.settings.Settings):
         self._pending: dict[h2.settings.SettingCodes | int, list[int]] | None = None
 
     def __getitem__(self, key: h2.settings.SettingCodes | int) -> int:
-        return cast(int, self._settings[key])  # KeyError until a new setting is acknowledged
+        return self._settings[key]  # type: ignore[return-value]  # KeyError until acknowledged
 
     def __setitem__(self, key: h2.settings.SettingCodes | int, value: int) -> None:
         invalid = h2.settings._validate_setting(key, value)
@@ -116,22 +114,16 @@ _FRAME_HANDLERS: dict[type[hyperframe.frame.Frame], str] = {
 """h2's own dispatch table, by method name (h2 builds it per connection, bound)."""
 
 
-class _Dispatch(Mapping[type, Callable[..., Any]]):
-    """The handler of a frame type, bound when asked for."""
+class _Dispatch:
+    """The handler of a frame type, bound when asked for (all h2 asks of its table)."""
 
     __slots__ = ("_conn",)
 
     def __init__(self, conn: h2.connection.H2Connection) -> None:
         self._conn = conn
 
-    def __getitem__(self, frame_type: type) -> Callable[..., Any]:
-        return cast(Callable[..., Any], getattr(self._conn, _FRAME_HANDLERS[frame_type]))
-
-    def __iter__(self) -> Any:
-        return iter(_FRAME_HANDLERS)
-
-    def __len__(self) -> int:
-        return len(_FRAME_HANDLERS)
+    def __getitem__(self, frame_type: type) -> Any:
+        return getattr(self._conn, _FRAME_HANDLERS[frame_type])
 
 
 class LeanH2Connection(h2.connection.H2Connection):
@@ -150,7 +142,7 @@ class LeanH2Connection(h2.connection.H2Connection):
         self.local_settings = settings
         self.remote_settings = LeanSettings(client=not config.client_side)
         for table in (self.encoder.header_table, self.decoder.header_table):
-            table.dynamic_entries = cast(collections.deque[tuple[bytes, bytes]], _Entries())
+            table.dynamic_entries = cast(Any, _Entries())
         self.encoder.header_table_size = 0  # literal headers: nothing indexed per connection
 
     def _acknowledge_settings(self) -> list[hyperframe.frame.Frame]:
