@@ -62,6 +62,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert grpc["available"], grpc
     _clean(grpc["burst"])
     _clean(grpc["rate"])
+    idle_grpc = run["grpc_idle"]  # real grpcio clients: every stream held, every event received
+    assert idle_grpc["connected"] == idle_grpc["requested"] == 4, idle_grpc
+    assert idle_grpc["received"] == idle_grpc["expected"] > 0, idle_grpc
+    assert idle_grpc["all_receiving"]
     assert (out / "results.md").exists()
 
 

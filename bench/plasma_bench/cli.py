@@ -55,7 +55,7 @@ from plasma_bench.tls import TLSFiles, make_certificate
 
 __all__ = ["main"]
 
-ALL_SCENARIOS = ("idle", "burst", "rate", "grpc")
+ALL_SCENARIOS = ("idle", "burst", "rate", "grpc", "grpc-idle")
 
 
 def _ints(text: str) -> list[int]:
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(ALL_SCENARIOS),
-        help="comma list of idle,burst,rate,grpc (default: all)",
+        help="comma list of idle,burst,rate,grpc,grpc-idle (default: all)",
     )
     p.add_argument(
         "--sse",
@@ -195,6 +195,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SSE subscribers for the fixed-rate run (1000)",
     )
     p.add_argument("--grpc", type=int, default=1000, help="gRPC streams (1000; 0: skip)")
+    p.add_argument(
+        "--grpc-idle",
+        type=int,
+        default=1000,
+        help="idle streams from real grpcio clients for the grpc-idle scenario (1000; 0: skip)",
+    )
     p.add_argument(
         "--idle",
         type=int,
@@ -290,6 +296,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rate_seconds = 0.4
         args.rate_subscribers = 50
         args.grpc = 4 if args.grpc else 0
+        args.grpc_idle = 4 if args.grpc_idle else 0
         args.idle = 0
         args.procs = 2
         args.strict = True
@@ -424,6 +431,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         notes=notes,
         auth=auth,
         tls=args.tls,
+        grpcio_streams=args.grpc_idle,
+        procs=args.procs,
     )
     started = time.time()
     results: dict[str, Any] = {

@@ -33,7 +33,7 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
     out: list[list[str]] = []
     for run in results["runs"]:
         t = run["label"]
-        for name in ("idle", "sweep", "grpc"):
+        for name in ("idle", "sweep", "grpc", "grpc_idle"):
             if "error" in (run.get(name) or {}):
                 err = run[name]["error"][:70]
                 out.append([t, name, "-", "-", "-", "-", "-", "-", "-", f"ERROR {err}", "-"])
@@ -82,6 +82,25 @@ def rows(results: dict[str, Any]) -> list[list[str]]:
                 )
                 if g.get("rate"):
                     out.append(_rate_row(t, "gRPC", g["rate"]))
+        gi = run.get("grpc_idle")
+        if gi:
+            per = gi.get("rss_per_stream_bytes")
+            out.append(
+                [
+                    t,
+                    "idle gRPC (grpcio clients)",
+                    f"{gi['connected']:,}/{gi['requested']:,}",
+                    f"{gi['connect_seconds']}s",
+                    _fmt(round(per / 1024, 2)) if per is not None else "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    ", ".join(f"{k} {v}" for k, v in gi["errors"].items())
+                    or ("none" if gi.get("all_receiving") else "NOT all receiving"),
+                    "-",
+                ]
+            )
     return out
 
 
@@ -225,6 +244,16 @@ def targets_check(results: dict[str, Any]) -> list[str]:
         )
     elif g:
         line(None, f"gRPC: {g.get('reason')}")
+    gi = p.get("grpc_idle")
+    if gi and "error" not in gi:
+        per = gi.get("rss_per_stream_bytes")
+        line(
+            per is not None and per <= 6 * 1024 and gi.get("all_receiving", False)
+            if gi["requested"] >= 1000
+            else None,
+            f"idle gRPC RSS (grpcio clients): {per} bytes/stream at {gi['connected']:,} "
+            f"(target <= 6144), all receiving: {gi.get('all_receiving')}",
+        )
     idle = p.get("idle")
     if idle:
         per = idle.get("rss_per_connection_bytes")

@@ -1,4 +1,5 @@
-"""The scenarios: connect, idle RSS, burst fan-out, fixed-rate latency, gRPC streams.
+"""The scenarios: connect, idle RSS, burst fan-out, fixed-rate latency, gRPC streams, idle
+grpcio streams.
 
 One ``TargetRun`` drives one server (plasma or Nchan) through the scenarios it is asked for.
 Every phase is bounded in event count and in time; a phase that times out is reported with
@@ -8,10 +9,12 @@ what was missing instead of waiting longer.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +56,9 @@ class Settings:
     """With ``--auth``: the algorithm and key the clients mint their tokens with."""
     tls: bool = False
     """With ``--tls``: every server listens with TLS, every subscriber speaks it."""
+    grpcio_streams: int = 0
+    """Idle grpcio streams for the ``grpc-idle`` scenario (``--grpc-idle``)."""
+    procs: int = 4
 
 
 class Meter:
@@ -519,6 +525,94 @@ class TargetRun:
         finally:
             await self._stop()
 
+    async def grpc_idle(self) -> dict[str, Any]:
+        """Idle gRPC streams from real grpcio clients: RSS per stream, then prove they all
+        receive. grpcio runs in processes of its own (``grpcio_clients``), not in the pool."""
+        n = self.s.grpcio_streams
+        self.log(f"[{self._label()}] grpc-idle: {n} grpcio streams")
+        target = await self._start("grpc-idle")
+        procs = max(1, min(self.s.procs, n))
+        shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+        clients: list[asyncio.subprocess.Process] = []
+        try:
+            await asyncio.sleep(1.0)
+            rss0 = self._rss()
+            meter = self._meter()
+            before = meter.sample()
+            started = time.monotonic()
+            for share in shares:
+                clients.append(
+                    await asyncio.create_subprocess_exec(
+                        *(sys.executable, "-m", "plasma_bench.grpcio_clients"),
+                        *(target.host, str(target.port), str(share), self.s.event_type),
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                    )
+                )
+            replies = await asyncio.wait_for(
+                asyncio.gather(*(_reply(c) for c in clients)), self.s.connect_timeout
+            )
+            seconds = time.monotonic() - started
+            cpu = Meter.delta(before, meter.sample())
+            held = sum(r["ready"] for r in replies)
+            errors: dict[str, int] = {}
+            for r in replies:
+                for k, v in r["errors"].items():
+                    errors[k] = errors.get(k, 0) + v
+            await asyncio.sleep(2.0)
+            rss1 = self._rss()
+            result: dict[str, Any] = {
+                "requested": n,
+                "connected": held,
+                "errors": errors,
+                "connect_seconds": round(seconds, 3),
+                "server_cpu_us_per_connection": round(cpu["server"] / held * 1e6, 1)
+                if held
+                else None,
+                "rss_before_bytes": rss0,
+                "rss_after_bytes": rss1,
+                "rss_per_stream_bytes": round((rss1 - rss0) / held) if held else None,
+            }
+            self.log(
+                f"  {held} grpcio streams held ({errors or 'no errors'}), RSS "
+                f"{rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB = "
+                f"{(rss1 - rss0) / max(1, held) / 1024:.2f} KiB/stream"
+            )
+            assert self.publisher is not None
+            await self.publisher.ensure_connected()
+            events = max(1, self.s.idle_events)
+            for _ in range(events):
+                self.publisher.publish(self.seq)
+                self.seq += 1
+            await self.publisher.drain()
+            deadline = time.monotonic() + 15.0
+            while True:
+                counts = await asyncio.gather(*(_ask(c) for c in clients))
+                low = min(c["min"] for c in counts)
+                if low >= events or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.3)
+            result["events"] = events
+            result["received"] = sum(c["received"] for c in counts)
+            result["expected"] = held * events
+            result["all_receiving"] = bool(held == n and result["received"] == held * events)
+            self.log(
+                f"  all receiving: {result['received']}/{result['expected']} "
+                f"({result['all_receiving']})"
+            )
+            return result
+        finally:
+            for c in clients:
+                if c.stdin is not None:
+                    c.stdin.close()
+            for c in clients:
+                try:
+                    await asyncio.wait_for(c.wait(), 20.0)
+                except TimeoutError:
+                    c.kill()
+                    await c.wait()
+            await self._stop()
+
     def _label(self) -> str:
         return self.label
 
@@ -532,6 +626,8 @@ class TargetRun:
             todo.append(("sweep", self.sweep))
         if "grpc" in self.s.scenarios and self.s.grpc_streams and kind != "nchan":
             todo.append(("grpc", self.grpc))
+        if "grpc-idle" in self.s.scenarios and self.s.grpcio_streams and kind != "nchan":
+            todo.append(("grpc_idle", self.grpc_idle))
         for name, scenario in todo:
             try:
                 result[name] = await scenario()
@@ -542,6 +638,26 @@ class TargetRun:
                 result[name] = {"error": repr(exc), "traceback": traceback.format_exc()}
             save(result)
         return result
+
+
+async def _reply(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    """The next JSON line a grpcio client process writes (its error lines are skipped)."""
+    assert proc.stdout is not None
+    while True:
+        line = await proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"grpcio client {proc.pid} exited")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" not in reply:
+            return reply
+
+
+async def _ask(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Messages a grpcio client process has received so far (and the fewest on one stream)."""
+    assert proc.stdin is not None
+    proc.stdin.write(b"count\n")
+    await proc.stdin.drain()
+    return await _reply(proc)
 
 
 def delivery_check(

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-import h2.settings
 
 from plasma.buffers import ClientBuffers
 from plasma.config import LimitsConfig
@@ -37,6 +36,7 @@ from plasma.hub import Flushable
 from plasma.metrics import Metrics
 from plasma.transports.access import log_lines_suppressed
 from plasma.transports.grpc.guard import LINGER, TINY_WINDOW, WORK_PER_TURN, ReadGuard
+from plasma.transports.grpc.h2state import new_connection
 from plasma.transports.grpc.stream import (
     CallHandler,
     Metadata,
@@ -103,16 +103,9 @@ class GrpcConnection(asyncio.Protocol):
     def __init__(self, host: ConnectionHost) -> None:
         self.host = host
         self.limit = host.client_buffer
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=False, header_encoding=None)
-        )
         limits = host.limits
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.grpc_max_streams,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.grpc_max_frame_size,
-            },
+        self.h2: h2.connection.H2Connection = new_connection(
+            limits.grpc_max_streams, limits.grpc_max_frame_size
         )
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, ServerStream] = {}
@@ -289,7 +282,7 @@ class GrpcConnection(asyncio.Protocol):
         stream = ServerStream(
             self,
             sid,
-            path.decode("utf-8", "replace"),
+            sys.intern(path.decode("utf-8", "replace")),  # a few distinct paths, held once
             headers.get(b"user-agent", b"").decode("latin-1"),
         )
         self.streams[sid] = stream

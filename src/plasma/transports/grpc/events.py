@@ -107,7 +107,8 @@ class EventsCall:
         self._metrics = metrics
         self._limits = limits
         self._types: tuple[str, ...] = ()
-        self._requests: collections.deque[Any] = collections.deque()
+        self._requests: collections.deque[Any] | None = None
+        """Requests not applied yet (while a resume runs); made when needed, 760 bytes."""
         self._busy = False
         self._subscribed = False
         self._started = time.monotonic()
@@ -120,6 +121,8 @@ class EventsCall:
         except DecodeError:
             self._stream.finish(Status.INVALID_ARGUMENT, "cannot parse Request", reason="invalid")
             return
+        if self._requests is None:
+            self._requests = collections.deque()
         self._requests.append(request)
         if not self._busy:
             self._apply_requests()
@@ -131,8 +134,9 @@ class EventsCall:
     def _apply_requests(self) -> None:
         stream = self._stream
         hub = self._hub
-        while self._requests and not stream.ended:
-            request = self._requests.popleft()
+        requests = self._requests
+        while requests and not stream.ended:
+            request = requests.popleft()
             if request.forceClose:
                 stream.finish(Status.OK, reason="client")
                 return
@@ -165,6 +169,8 @@ class EventsCall:
                 return
             hub.subscribe(stream, types)
             stream.start()
+        if not requests:
+            self._requests = None  # an idle stream keeps no queue
 
     def _authorize(self, types: tuple[str, ...]) -> bool:
         """Whether the call's token may read ``types``; if not, end the call and say why."""

@@ -217,7 +217,8 @@ class ServerStream:
         self.handler: CallHandler | None = None
         self.task: asyncio.Task[Any] | None = None
         self.deadline: asyncio.TimerHandle | None = None
-        self._inbox = bytearray()
+        self._inbox: bytearray | None = None
+        """Request bytes not yet split into messages; none between messages."""
         self.max_request = MAX_REQUEST_BYTES
         self.deferred = False
         """Messages wait in the inbox for the connection's next turn."""
@@ -440,7 +441,10 @@ class ServerStream:
         """Split DATA into gRPC messages and hand each to the handler, as long as the
         connection's budget for this turn lasts; the rest waits for its next turn."""
         inbox = self._inbox
-        inbox += data
+        if inbox is None:
+            inbox = self._inbox = bytearray(data)
+        else:
+            inbox += data
         if self.deferred:
             return
         conn = self.conn
@@ -468,6 +472,8 @@ class ServerStream:
             del inbox[: 5 + length]
             if self.handler is not None:
                 self.handler.on_message(message)
+        if not inbox:
+            self._inbox = None  # an idle stream keeps no read buffer
 
     def receive_deferred(self) -> None:
         """The connection's next turn: go on with the messages left in the inbox."""
