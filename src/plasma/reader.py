@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from plasma.config import Config
@@ -53,9 +54,9 @@ _BACKLOG_LIMIT = 32 * 1024 * 1024
 at the same size): a worker that far behind cannot vouch for its history; it exits and the
 supervisor starts a fresh one, which receives the history again."""
 _BATCH_EVENTS = 64
-"""Most events in one frame (~13 KB of 200-byte events). A 200-event burst read in one turn
-leaves in four frames: the workers fan out the first while the reader still parses the rest,
-which measured as fast as one frame per turn or faster (docs/benchmarks.md)."""
+"""Events pending that are sent at once rather than at the end of the loop turn (~13 KB of
+200-byte events). A source hands the hub a whole read at once (up to ~1,000 events): that read
+leaves as one frame, one write per worker, and each worker publishes it as one batch."""
 _STATUS_INTERVAL = 0.25
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -74,14 +75,14 @@ class _NodeHub(Hub):
         self.start_id = f"{self.epoch}-0"
         self._reader = reader
 
-    def publish(self, event: Event) -> int:
-        count = super().publish(event)
-        self._reader.queue(event)
+    def publish_events(self, events: Sequence[Event]) -> int:
+        count = super().publish_events(events)
+        self._reader.queue(events)
         return count
 
     def announce_gap(self) -> Event:
         event = super().announce_gap()
-        self._reader.queue(event)  # every worker's streams hear of the loss too
+        self._reader.queue((event,))  # every worker's streams hear of the loss too
         return event
 
     def mark_start(self, event_id: str) -> None:
@@ -232,9 +233,10 @@ class NodeReader:
 
     # --- feeding the workers ------------------------------------------------------------------
 
-    def queue(self, event: Event) -> None:
-        """Send ``event`` at the end of this loop turn (or of its batch) with the others."""
-        self._pending.append(event)
+    def queue(self, events: Sequence[Event]) -> None:
+        """Send ``events`` (one source read's) at the end of this loop turn with the others,
+        or now when ``_BATCH_EVENTS`` are pending: one frame for the whole read."""
+        self._pending.extend(events)
         if len(self._pending) >= _BATCH_EVENTS:
             self._flush()  # the workers start on these while the reader parses the rest
         elif not self._flush_scheduled:
