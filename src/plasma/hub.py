@@ -359,23 +359,23 @@ class Hub:
         """Give each event an id (unless it has one), keep it in the history and queue it for
         every matching subscriber, in order; one flush is scheduled for all. Returns the
         number of deliveries."""
+        first = self._seq + 1
+        seq = self._seq
         epoch = self.epoch
-        history_append = self.history.append
-        taps = self._taps
+        for event in events:
+            seq += 1
+            if not event.id:
+                event.id = f"{epoch}-{seq}"
+        self._seq = seq
+        self.history.extend(events)  # one append for the batch
+        for tap in self._taps:
+            tap.extend(events)
         index = self._index
         dirty = self._dirty
         unflushed = self._unflushed
         observe = self.metrics.observe_fanout
         total = 0
-        for event in events:
-            self._seq += 1
-            seq = self._seq
-            if not event.id:
-                event.id = f"{epoch}-{seq}"
-            history_append(event)
-            if taps:
-                for tap in taps:
-                    tap.append(event)
+        for seq, event in enumerate(events, first):
             t = event.type
             buckets = []
             # events.type_prefixes inlined (what resume matches with): no list, no call per event.
