@@ -1,12 +1,15 @@
 """A pub/sub subscription read straight off its socket: large reads, hiredis, one batch per read.
 
 redis-py's ``PubSub.get_message`` cost about half of plasma's CPU per event in (a timeout
-context, a retry wrapper, a dict and a handler lookup per message: ~20 µs of the ~40 µs
-measured under load, docs/benchmarks.md "Ingest (issue 23)"). Here redis-py only opens the
-connection (TLS, AUTH with an ACL user, SELECT, Sentinel's current master); plasma then
-writes ``SUBSCRIBE``/``PSUBSCRIBE`` itself and reads the connection's stream in chunks of up
-to ``READ_BYTES``, feeding each chunk to one ``hiredis.Reader`` and taking every complete
-message out of it: a message cut by a chunk boundary stays in the reader until the next chunk.
+context, a retry wrapper, a dict and a handler lookup per message): 15-16 µs per message
+against 1.1-1.2 µs here, same minutes on a loaded machine (docs/benchmarks.md, "Ingest
+(issue 23)"). Here redis-py only opens the connection (TLS, AUTH with an ACL user, SELECT,
+Sentinel's current master); plasma then writes ``SUBSCRIBE``/``PSUBSCRIBE`` itself and reads
+the connection's stream in chunks of up to ``READ_BYTES``, feeding each chunk to one
+``hiredis.Reader`` and taking every complete message out of it: a message cut by a chunk
+boundary stays in the reader until the next chunk. It relies on redis-py's connection keeping
+its ``asyncio`` stream in ``_reader``/``_writer`` (checked when opening: a redis-py without
+them fails loudly rather than reads wrongly).
 
 Shapes: one server, Sentinel, TLS, ACL users, patterns and classic pub/sub on a cluster node
 all take this path. Sharded pub/sub on a Redis Cluster (``SSUBSCRIBE``) stays on redis-py
