@@ -123,3 +123,23 @@ def test_the_byte_bound_evicts_the_oldest_and_keeps_the_newest() -> None:
     history.append(sized("e-6", 10 * one))  # larger than the whole bound: kept alone
     assert history.last_id == "e-6" and history.after("e-5") is None
     assert len(history) == 1 and history.bytes == sized("e-6", 10 * one).held_bytes
+
+
+def test_extend_keeps_what_appending_one_by_one_keeps() -> None:
+    """A batch (``extend``) ends in the same state as appending its events one at a time,
+    whichever bound evicts: count, bytes (the newest always kept) or age."""
+    bounds = [(3, 0.0, 0), (100, 0.0, 3 * 410), (100, 0.0, 10), (100, 5.0, 0), (0, 0.0, 0)]
+    for size, ttl, max_bytes in bounds:
+        one, batch = History(size, ttl, max_bytes), History(size, ttl, max_bytes)
+        one.mark("start")
+        batch.mark("start")
+        old = events("e-1", "e-2", age=10.0)
+        new = events("e-3", "e-4", "e-5", "e-6")
+        for event in old + new:
+            one.append(event)
+        batch.extend(old)
+        batch.extend(new)
+        assert list(batch) == list(one), (size, ttl, max_bytes)
+        assert batch.bytes == one.bytes
+        for event_id in ("start", "e-1", "e-2", "e-3", "e-5", "e-6"):
+            assert ids(batch.after(event_id)) == ids(one.after(event_id)), event_id

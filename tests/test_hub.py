@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import orjson
 import pytest
 
 from plasma.events import Encoder, Event
 from plasma.hub import Hub
+from plasma.ingest import Batch
 from plasma.metrics import Metrics
 
 
@@ -538,3 +540,53 @@ async def test_announce_gap_reaches_every_stream_once_and_takes_an_id_of_its_own
     await settle()
     assert late.types == ["plasma:gap"]
     assert metrics.gaps_sent == 4
+
+
+def raw(type: str, data: object) -> bytes:
+    return orjson.dumps({"meta": {"type": type}, "data": data})
+
+
+async def test_a_batch_is_one_flush_in_order_with_an_invalid_message_skipped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = Hub(Metrics(), history_size=100)
+    sub = FakeSubscriber()
+    hub.subscribe(sub, ("b",))
+    raws = [raw("b", n) for n in range(50)]
+    raws[20] = b"{not json"
+    channels = [b"events"] * 50
+    with caplog.at_level(logging.WARNING, logger="plasma.hub"):
+        published = hub.publish_batch(Batch(raws, channels, None))
+    assert [e.data for e in published] == [str(n).encode() for n in range(50) if n != 20]
+    await asyncio.sleep(0)
+    assert len(sub.writes) == 1, "one write for the whole batch"
+    assert [line.split(b"|")[2] for line in sub.received] == [e.data for e in published]
+    seqs = [int(e.id.rsplit("-", 1)[1]) for e in published]
+    assert seqs == list(range(1, 50)), "consecutive ids, none for the skipped message"
+    assert hub.metrics.events_received == 50
+    assert hub.metrics.events_skipped == {"invalid_json": 1}
+    assert [r.__dict__.get("channel") for r in caplog.records] == ["events"]
+    assert [e.id for e in hub.history] == [e.id for e in published]
+
+
+async def test_ingest_queues_a_batch_behind_a_large_message_and_pauses_when_full() -> None:
+    hub = Hub(Metrics(), history_size=100)
+    sub = FakeSubscriber()
+    hub.subscribe(sub, ("q",))
+    ingest = hub.ingest
+    ingest.max_bytes = 100_000
+    big = raw("q", "x" * 40_000)  # over the inline bound: queued, read on meanwhile
+    assert ingest.offer_batch(Batch([raw("q", 0)], [b"c"], None))
+    assert hub.metrics.events_received == 1, "a small batch with nothing queued: at once"
+    assert ingest.offer_batch(Batch([big, raw("q", 1)], [b"c", b"c"], None))
+    assert ingest.offer_batch(Batch([raw("q", 2)], [b"c"], None)), "queued behind, in order"
+    assert not ingest.offer_batch(Batch([big, big], [b"c", b"c"], None)), "now full"
+    assert hub.metrics.events_received == 1
+    await ingest.wait_for_room()  # the reading task waits here until the hub caught up
+    assert hub.metrics.source_queue_full == 1
+    for _ in range(10):
+        await asyncio.sleep(0)
+    data = [line.split(b"|")[2][:5] for line in sub.received]
+    assert data == [b"0", b'"xxxx', b"1", b"2", b'"xxxx', b'"xxxx']
+    assert ingest.bytes == 0
+    await ingest.aclose()

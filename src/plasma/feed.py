@@ -205,12 +205,18 @@ class NodeFeed:
                 for event in read_events(payload):
                     append(event)
             else:
-                publish = hub.publish
+                # The frame is one read of the node's source: published as one batch.
+                batch: list[Event] = []
                 for event in read_events(payload):
                     if event.type == GAP_TYPE:  # the reader lost events: every stream hears it
+                        if batch:
+                            hub.publish_events(batch)
+                            batch = []
                         hub.broadcast_gap(event)
                     else:
-                        publish(event)
+                        batch.append(event)
+                if batch:
+                    hub.publish_events(batch)
         elif kind == START:
             hub.mark_start(payload.decode())
         elif kind == READY:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from plasma.events import EVENT_OVERHEAD, Event
 
@@ -62,6 +62,32 @@ class History:
         if self.ttl:
             deadline = event.received - self.ttl
             while events and events[0].received < deadline:
+                self._evict_one()
+
+    def extend(self, events: Sequence[Event]) -> None:
+        """``append`` each of ``events`` (one batch), with the bounds applied once at the end:
+        the same events are kept as after appending them one by one."""
+        if not self.size or not events:
+            return
+        held = self._events
+        positions = self._positions
+        position = self._next
+        added = 0
+        for event in events:
+            held.append(event)
+            positions[event.id] = position
+            position += 1
+            added += len(event.body)
+        self._next = position
+        self.bytes += added + EVENT_OVERHEAD * len(events)
+        while len(held) > self.size:
+            self._evict_one()
+        if self.max_bytes:
+            while self.bytes > self.max_bytes and len(held) > 1:
+                self._evict_one()
+        if self.ttl:
+            deadline = events[-1].received - self.ttl
+            while held and held[0].received < deadline:
                 self._evict_one()
 
     def _evict_one(self) -> None:

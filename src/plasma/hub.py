@@ -1,10 +1,11 @@
 """The hub: topic index, event ids and fan-out. It knows subscribers only by this protocol.
 
-The hot path is ``Hub.publish``: find the subscribers of an event's type and of each colon prefix,
-hand each one the bytes its transport wants (encoded once per event, shared by all), and schedule
-one flush for the loop iteration. Flushing joins everything pending for a connection into one
-``write``: a loopback write costs 5-7 us of kernel time, the Python work per delivery well
-under 1 us, so the number of writes decides throughput (docs/architecture.md, "The hot path").
+The hot path is ``Hub.publish_events`` (a source's whole read at once): for each event find the
+subscribers of its type and of each colon prefix, hand each one the bytes its transport wants
+(encoded once per event, shared by all), and schedule one flush for the loop iteration.
+Flushing joins everything pending for a connection into one ``write``: a loopback write costs
+5-7 us of kernel time, the Python work per delivery well under 1 us, so the number of writes
+decides throughput (docs/architecture.md, "The hot path").
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import heapq
 import logging
 import secrets
+from collections.abc import Sequence
 from time import monotonic, perf_counter
 from typing import Protocol, runtime_checkable
 
@@ -21,7 +23,7 @@ import orjson
 from plasma.errors import InvalidEvent
 from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
 from plasma.history import History
-from plasma.ingest import Ingest
+from plasma.ingest import Batch, Ingest
 from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 
@@ -97,7 +99,9 @@ class Hub:
         history = self.history
         metrics.gauge("history_events", history.__len__)
         metrics.gauge("history_bytes", lambda: history.bytes)
-        self.ingest = Ingest(self.publish_raw, metrics, ingest_bytes(max_event_bytes))
+        self.ingest = Ingest(
+            self.publish_raw, self.publish_batch, metrics, ingest_bytes(max_event_bytes)
+        )
         """What sources feed: a bounded queue that ``publish_raw``s on the hub's own turn."""
         self.archive: Archive | None = None
         self._index: dict[str, dict[Subscriber, None]] = {}
@@ -299,85 +303,124 @@ class Hub:
         try:
             event = parse_event(raw, self._max_event_bytes)
         except Exception as exc:
-            if not isinstance(exc, InvalidEvent):
-                log.exception("event parser failed; skipping the message (please report)")
-                exc = InvalidEvent("parser_error", repr(exc))
-            self.metrics.event_skipped(exc.reason)
-            level, suppressed = self._skip_log.level()
-            if log.isEnabledFor(level):
-                shown = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
-                log.log(
-                    level,
-                    "skipped invalid event",
-                    extra={
-                        "channel": channel,
-                        "reason": exc.reason,
-                        "error": str(exc),
-                        "payload": shown,
-                        "suppressed_since_last": suppressed,
-                    },
-                )
+            self._skipped(exc, raw, channel)
             return None
         event.id = event_id
-        self.publish(event)
+        self.publish_events((event,))
         return event
+
+    def publish_batch(self, batch: Batch) -> list[Event]:
+        """``publish_raw`` for one read's messages, in order: the invalid ones are counted,
+        logged and skipped, the rest published together (``publish_events``)."""
+        raws = batch.raws
+        self.metrics.events_received += len(raws)
+        max_bytes = self._max_event_bytes
+        ids = batch.ids
+        events: list[Event] = []
+        append = events.append
+        for i, raw in enumerate(raws):
+            try:
+                event = parse_event(raw, max_bytes)
+            except Exception as exc:
+                self._skipped(exc, raw, batch.channels[i].decode("utf-8", "replace"))
+                continue
+            if ids is not None:
+                event.id = ids[i]
+            append(event)
+        if events:
+            self.publish_events(events)
+        return events
+
+    def _skipped(self, exc: Exception, raw: bytes | str, channel: str) -> None:
+        if not isinstance(exc, InvalidEvent):
+            log.exception("event parser failed; skipping the message (please report)")
+            exc = InvalidEvent("parser_error", repr(exc))
+        self.metrics.event_skipped(exc.reason)
+        level, suppressed = self._skip_log.level()
+        if log.isEnabledFor(level):
+            shown = raw[:200] if isinstance(raw, str) else raw[:200].decode("utf-8", "replace")
+            log.log(
+                level,
+                "skipped invalid event",
+                extra={
+                    "channel": channel,
+                    "reason": exc.reason,
+                    "error": str(exc),
+                    "payload": shown,
+                    "suppressed_since_last": suppressed,
+                },
+            )
 
     def publish(self, event: Event) -> int:
         """Give ``event`` an id and queue it for every matching subscriber; return how many."""
-        self._seq += 1
+        return self.publish_events((event,))
+
+    def publish_events(self, events: Sequence[Event]) -> int:
+        """Give each event an id (unless it has one), keep it in the history and queue it for
+        every matching subscriber, in order; one flush is scheduled for all. Returns the
+        number of deliveries."""
+        first = self._seq + 1
         seq = self._seq
-        if not event.id:
-            event.id = f"{self.epoch}-{seq}"
-        self.history.append(event)
-        if self._taps:
-            for tap in self._taps:
-                tap.append(event)
+        epoch = self.epoch
+        for event in events:
+            seq += 1
+            if not event.id:
+                event.id = f"{epoch}-{seq}"
+        self._seq = seq
+        self.history.extend(events)  # one append for the batch
+        for tap in self._taps:
+            tap.extend(events)
         index = self._index
-        t = event.type
-        buckets = []
-        # events.type_prefixes inlined (what resume matches with): no list, no call per event.
-        i = t.find(":")
-        while i != -1:
-            bucket = index.get(t[:i])
+        dirty = self._dirty
+        unflushed = self._unflushed
+        observe = self.metrics.observe_fanout
+        total = 0
+        for seq, event in enumerate(events, first):
+            t = event.type
+            buckets = []
+            # events.type_prefixes inlined (what resume matches with): no list, no call per event.
+            i = t.find(":")
+            while i != -1:
+                bucket = index.get(t[:i])
+                if bucket:
+                    buckets.append(bucket)
+                i = t.find(":", i + 1)
+            bucket = index.get(t)
             if bucket:
                 buckets.append(bucket)
-            i = t.find(":", i + 1)
-        bucket = index.get(t)
-        if bucket:
-            buckets.append(bucket)
-        if not buckets:
-            return 0
-        started = perf_counter()
-        dirty = self._dirty
-        count = 0
-        # Subscribers of one transport share an encoder: look the bytes up only when it changes.
-        encoder: Encoder | None = None
-        data = b""
-        # With one matching bucket nobody can be in it twice: no de-duplication marks.
-        dedup = len(buckets) > 1
-        for bucket in buckets:
-            for sub in bucket:
-                # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
-                if dedup:
-                    if sub.last_seq == seq:
-                        continue
-                    sub.last_seq = seq
-                if sub.encoder is not encoder:
-                    encoder = sub.encoder
-                    data = event.encode(encoder)
-                target = sub.push(data)
-                if target is not None:
-                    dirty.append(target)
-                count += 1
-        # The subscribers hold the frames now; history keeps only the body.
-        event.forget_frames()
-        metrics = self.metrics
-        metrics.events_delivered += count
-        metrics.observe_fanout(perf_counter() - started)
-        self._unflushed.append(event.received)
+            if not buckets:
+                continue
+            started = perf_counter()
+            count = 0
+            # Subscribers of one transport share an encoder: look the bytes up only when it
+            # changes.
+            encoder: Encoder | None = None
+            data = b""
+            # With one matching bucket nobody can be in it twice: no de-duplication marks.
+            dedup = len(buckets) > 1
+            for bucket in buckets:
+                for sub in bucket:
+                    # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
+                    if dedup:
+                        if sub.last_seq == seq:
+                            continue
+                        sub.last_seq = seq
+                    if sub.encoder is not encoder:
+                        encoder = sub.encoder
+                        data = event.encode(encoder)
+                    target = sub.push(data)
+                    if target is not None:
+                        dirty.append(target)
+                    count += 1
+            # The subscribers hold the frames now; history keeps only the body.
+            event.forget_frames()
+            total += count
+            observe(perf_counter() - started)
+            unflushed.append(event.received)
+        self.metrics.events_delivered += total
         if dirty and not self._flush_scheduled:
             self._schedule_flush()
-        return count
+        return total
 
     def mark_dirty(self, target: Flushable) -> None:
         """Queue ``target`` for the next flush (for bytes a transport queued on its own)."""

@@ -9,6 +9,10 @@ published at once; anything else is queued, and the queue's task publishes in pa
 most ``_PASS_BYTES`` and lets the loop run (and the source read) between passes. The queue holds at
 most ``max_bytes``: when it is full the source stops reading (``wait_for_room``), which is
 logged and counted (``source_queue_full``), before Redis gets to cut the connection.
+
+Sources that read many messages at once (Redis pub/sub and Streams) ``offer_batch`` a whole
+read: it is published in one ``Hub.publish_batch`` call (one history append, one flush) when
+nothing waits before it and it holds no large message, else queued as one item.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 
-__all__ = ["Ingest"]
+__all__ = ["Batch", "Ingest"]
 
 log = logging.getLogger("plasma.ingest")
 
@@ -34,18 +39,39 @@ _PASS_BYTES = 256 * 1024
 # deliveries/s (fewer events per write).
 _INLINE_BYTES = 16 * 1024
 
+# A batch is published inline (by the reading task) when it is smaller than this and holds
+# no message of _INLINE_BYTES or more: one read's worth of small messages.
+_INLINE_BATCH_BYTES = 512 * 1024
+
 Publish = Callable[[bytes | str, str, str], object]
+
+
+class Batch(NamedTuple):
+    """Messages of one read, in order."""
+
+    raws: list[bytes]
+    channels: list[bytes]
+    """Each message's channel, decoded only to log an invalid message."""
+    ids: list[str] | None
+    """The broker's ids (stream entries); ``None``: the hub numbers the events."""
+
+
+PublishBatch = Callable[[Batch], object]
 
 
 class Ingest:
     """Messages a source has read and the hub has not published yet, at most ``max_bytes``."""
 
-    def __init__(self, publish: Publish, metrics: Metrics, max_bytes: int) -> None:
+    def __init__(
+        self, publish: Publish, publish_batch: PublishBatch, metrics: Metrics, max_bytes: int
+    ) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._publish = publish
+        self._publish_batch = publish_batch
         self._metrics = metrics
-        self._queue: deque[tuple[bytes | str, str, str]] = deque()
+        # Single messages as (raw, channel, id), and batches.
+        self._queue: deque[tuple[bytes | str, str, str] | Batch] = deque()
         self._task: asyncio.Task[None] | None = None
         self._work: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None
@@ -62,6 +88,26 @@ class Ingest:
             return True
         self._queue.append((raw, channel, event_id))
         self.bytes += size
+        return self._queued()
+
+    def offer_batch(self, batch: Batch) -> bool:
+        """``offer`` for one read's messages: published at once when it is small and nothing
+        waits before it, else queued whole; False when the queue is now full."""
+        size = 0
+        largest = 0
+        for raw in batch.raws:
+            n = len(raw)
+            size += n
+            if n > largest:
+                largest = n
+        if not self._queue and size < _INLINE_BATCH_BYTES and largest < _INLINE_BYTES:
+            self._publish_batch(batch)
+            return True
+        self._queue.append(batch)
+        self.bytes += size
+        return self._queued()
+
+    def _queued(self) -> bool:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
         work = self._work
@@ -91,6 +137,7 @@ class Ingest:
     async def _run(self) -> None:
         queue = self._queue
         publish = self._publish
+        publish_batch = self._publish_batch
         loop = asyncio.get_running_loop()
         while True:
             if not queue:
@@ -99,12 +146,19 @@ class Ingest:
                 self._work = None
             budget = _PASS_BYTES
             while queue and budget > 0:
-                raw, channel, event_id = queue.popleft()
-                size = len(raw)
-                self.bytes -= size
-                budget -= size
+                item = queue.popleft()
                 try:
-                    publish(raw, channel, event_id)
+                    if isinstance(item, Batch):
+                        size = sum(map(len, item.raws))
+                        self.bytes -= size
+                        budget -= size
+                        publish_batch(item)
+                    else:
+                        raw, channel, event_id = item
+                        size = len(raw)
+                        self.bytes -= size
+                        budget -= size
+                        publish(raw, channel, event_id)
                 except Exception:  # a bug must not stop every event after it
                     log.exception("publishing a message failed; going on (please report)")
             room = self._room

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from plasma.config import Config
@@ -36,6 +37,7 @@ from plasma.feed import (
     unpack_publish,
 )
 from plasma.hub import Archive, Hub
+from plasma.ingest import Batch
 from plasma.metrics import Metrics
 from plasma.peers import Peers
 from plasma.process import EXIT_SOURCE_GAVE_UP, EXIT_STARTUP, event_loop_factory
@@ -53,9 +55,10 @@ _BACKLOG_LIMIT = 32 * 1024 * 1024
 at the same size): a worker that far behind cannot vouch for its history; it exits and the
 supervisor starts a fresh one, which receives the history again."""
 _BATCH_EVENTS = 64
-"""Most events in one frame (~13 KB of 200-byte events). A 200-event burst read in one turn
-leaves in four frames: the workers fan out the first while the reader still parses the rest,
-which measured as fast as one frame per turn or faster (docs/benchmarks.md)."""
+"""Most events in one frame (~13 KB of 200-byte events). A source's read of 200 events is
+parsed and sent in slices of 64 (``_NodeHub.publish_batch``): the workers fan out the first
+frame while the reader still parses the rest, which measured as fast as one frame per read or
+faster (docs/benchmarks.md). Each worker publishes a frame as one batch."""
 _STATUS_INTERVAL = 0.25
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -74,14 +77,26 @@ class _NodeHub(Hub):
         self.start_id = f"{self.epoch}-0"
         self._reader = reader
 
-    def publish(self, event: Event) -> int:
-        count = super().publish(event)
-        self._reader.queue(event)
+    def publish_batch(self, batch: Batch) -> list[Event]:
+        raws = batch.raws
+        if len(raws) <= _BATCH_EVENTS:
+            return super().publish_batch(batch)
+        events: list[Event] = []
+        for start in range(0, len(raws), _BATCH_EVENTS):
+            end = start + _BATCH_EVENTS
+            ids = batch.ids
+            part = Batch(raws[start:end], batch.channels[start:end], ids and ids[start:end])
+            events += super().publish_batch(part)  # sent as a frame before the next is parsed
+        return events
+
+    def publish_events(self, events: Sequence[Event]) -> int:
+        count = super().publish_events(events)
+        self._reader.queue(events)
         return count
 
     def announce_gap(self) -> Event:
         event = super().announce_gap()
-        self._reader.queue(event)  # every worker's streams hear of the loss too
+        self._reader.queue((event,))  # every worker's streams hear of the loss too
         return event
 
     def mark_start(self, event_id: str) -> None:
@@ -232,9 +247,10 @@ class NodeReader:
 
     # --- feeding the workers ------------------------------------------------------------------
 
-    def queue(self, event: Event) -> None:
-        """Send ``event`` at the end of this loop turn (or of its batch) with the others."""
-        self._pending.append(event)
+    def queue(self, events: Sequence[Event]) -> None:
+        """Send ``events`` at the end of this loop turn with the others, or now when
+        ``_BATCH_EVENTS`` or more are pending."""
+        self._pending.extend(events)
         if len(self._pending) >= _BATCH_EVENTS:
             self._flush()  # the workers start on these while the reader parses the rest
         elif not self._flush_scheduled:

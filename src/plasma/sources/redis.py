@@ -5,9 +5,12 @@ the channels are read with sharded pub/sub (``redis_cluster.listen_sharded``) un
 ``PLASMA_SUBSCRIBER_REDIS_SHARDED=false``, which subscribes classically on any one node.
 
 Reconnects follow ``RedisConnection``'s die/alive policy. Pub/sub cannot replay: when a lost
-subscription is made again, every open stream gets a gap event (``Hub.announce_gap``). Reads
-block on the socket (``get_message`` with a timeout only to wake up), so an idle channel costs
-nothing and the first event after a quiet minute arrives as fast as any other.
+subscription is made again, every open stream gets a gap event (``Hub.announce_gap``).
+
+The subscription is read by ``redis_pubsub.Subscription`` (large reads parsed by hiredis, one
+batch per read for the hub) on every shape but sharded pub/sub, which stays on redis-py. Reads
+block on the socket with no timeout, so an idle channel costs nothing and the first event
+after a quiet minute arrives as fast as any other.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from plasma.sources.redis_connection import (
     cancel_requested,
     quietly,
 )
+from plasma.sources.redis_pubsub import Subscription
 
 if TYPE_CHECKING:
     from plasma.hub import Hub
@@ -57,34 +61,33 @@ class RedisSource:
             return
         # Classic PUBLISH reaches every node of a cluster: any one of them will do.
         client = await self._any_node() if c.cluster else redis.client(timeout=None)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
         plain = [channel for channel in c.channels if not is_pattern(channel)]
         patterns = [channel for channel in c.channels if is_pattern(channel)]
+        subscription: Subscription | None = None
         try:
-            if plain:
-                await asyncio.wait_for(pubsub.subscribe(*plain), timeout=c.timeout * 5)
-            if patterns:
-                await asyncio.wait_for(pubsub.psubscribe(*patterns), timeout=c.timeout * 5)
+            subscription = await asyncio.wait_for(
+                Subscription.open(client, plain, patterns), timeout=c.timeout * 5
+            )
+            first = await asyncio.wait_for(
+                subscription.confirmations(len(plain) + len(patterns)), timeout=c.timeout * 5
+            )
             if cancel_requested():
                 raise asyncio.CancelledError
             self._subscribed(hub, "subscribed")
             ingest = hub.ingest  # read on while the hub parses and fans out (bounded)
-            offer = ingest.offer
-            get_message = pubsub.get_message
+            offer = ingest.offer_batch
+            read = subscription.read
+            if first.raws and not offer(first):
+                await ingest.wait_for_room()
             while True:
-                message = await get_message(ignore_subscribe_messages=True, timeout=c.timeout)
-                if message is None:
-                    continue
-                kind = message["type"]
-                if kind == "message" or kind == "pmessage":
-                    channel = message["channel"]
-                    if not offer(message["data"], channel.decode("utf-8", "replace")):
-                        await ingest.wait_for_room()
+                if not offer(await read()):
+                    await ingest.wait_for_room()
         except TimeoutError as exc:
             raise SourceError(f"redis at {redis.address} did not answer SUBSCRIBE") from exc
         finally:
             redis.disconnected()
-            await quietly(pubsub.aclose())  # type: ignore[no-untyped-call]
+            if subscription is not None:
+                await quietly(subscription.aclose())
             await quietly(client.aclose())
 
     async def _listen_sharded(self, hub: Hub) -> None:

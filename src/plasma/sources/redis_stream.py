@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from plasma.config import RedisConfig
 from plasma.errors import InvalidEvent, SourceError
 from plasma.events import Event, parse_event
+from plasma.ingest import Batch
 from plasma.metrics import Metrics
 from plasma.sources.redis_cluster import read_streams
 from plasma.sources.redis_connection import PROBE_TIMEOUT, RedisConnection, quietly
@@ -63,9 +64,12 @@ def _payload(fields: dict[bytes, bytes]) -> bytes | None:
 
 
 def _publish_entries(hub: Hub, stream: str, entries: list[Any]) -> None:
-    for entry_id, fields in entries:
+    key = stream.encode()
+    raws = []
+    for _, fields in entries:
         payload = _payload(fields)
-        hub.publish_raw(payload if payload is not None else b"", stream, entry_id.decode())
+        raws.append(payload if payload is not None else b"")
+    hub.publish_batch(Batch(raws, [key] * len(raws), [e[0].decode() for e in entries]))
 
 
 class RedisStreamSource:
@@ -115,19 +119,28 @@ class RedisStreamSource:
                 )
                 if not reply:
                     continue
-                batch: list[tuple[tuple[int, int], str, str, bytes | None]] = []
+                if len(reply) == 1:
+                    key, entries = reply[0]
+                    if entries:
+                        positions[key.decode("utf-8", "replace")] = entries[-1][0].decode()
+                    _publish_entries(hub, key.decode("utf-8", "replace"), entries)
+                    continue
+                batch: list[tuple[tuple[int, int], str, bytes, bytes | None]] = []
                 for key, entries in reply:
-                    stream = key.decode("utf-8", "replace")
                     for entry_id, fields in entries:
                         eid = entry_id.decode()
-                        batch.append((_order(eid), eid, stream, _payload(fields)))
+                        batch.append((_order(eid), eid, key, _payload(fields)))
                     if entries:
-                        positions[stream] = entries[-1][0].decode()
+                        positions[key.decode("utf-8", "replace")] = entries[-1][0].decode()
                 # Several streams: publish in id (time) order, as a resume from Redis would.
-                if len(reply) > 1:
-                    batch.sort(key=lambda item: item[0])
-                for _, eid, stream, payload in batch:
-                    hub.publish_raw(payload if payload is not None else b"", stream, eid)
+                batch.sort(key=lambda item: item[0])
+                hub.publish_batch(
+                    Batch(
+                        [b"" if item[3] is None else item[3] for item in batch],
+                        [item[2] for item in batch],
+                        [item[1] for item in batch],
+                    )
+                )
         except TimeoutError as exc:
             raise SourceError(f"redis at {redis.address} did not answer") from exc
         finally:
