@@ -92,3 +92,31 @@ def test_native_latency_client(tmp_path: Path) -> None:
     assert {(seq, conn) for seq, conn, *_ in rows} == {(s, c) for s in range(50) for c in range(20)}
     for _seq, _conn, published, arrived, read in rows:
         assert published < arrived <= read
+
+
+@pytest.mark.parametrize("source", ["redis", "redis-stream"])
+def test_publish_api_bench(tmp_path: Path, source: str) -> None:
+    """``--publish-api`` posts its batches and accounts for every event (two workers, so the
+    per-process CPU split is exercised too)."""
+    out = tmp_path / "results"
+    _bench(
+        out,
+        "--publish-api",
+        "--batch",
+        "10",
+        "--batches",
+        "16",
+        "--publishers",
+        "4",
+        "--repeat",
+        "1",
+        "--source",
+        source,
+        "--env",
+        "PLASMA_WORKERS=2",
+    )
+    (row,) = json.loads((out / "publish-api.json").read_text())["runs"]
+    assert row["events"] == 160 and row["errors"] == 0
+    assert row["workers"] == 2 and "workers_cpu_s_per_million" in row
+    if source == "redis-stream":
+        assert row["xlen"] == 160 + 20 * 10  # the warm-up's batches too

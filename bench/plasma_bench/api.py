@@ -18,7 +18,6 @@ import sys
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from plasma_bench.procstat import cpu_seconds, process_tree
@@ -34,73 +33,149 @@ def _plasma(redis: RedisServer, source: str, env: dict[str, str]) -> PlasmaServe
     return server.start()
 
 
+class _Poster(asyncio.Protocol):
+    """One keep-alive connection that POSTs the same pre-built request, one at a time.
+
+    A plain protocol instead of aiohttp's client: the client side then costs a few
+    microseconds per request (one write, one read, one small JSON parse), so the load
+    generator is not what limits the figure (its CPU is reported beside the server's).
+    """
+
+    def __init__(self, request: bytes, count: int, done: asyncio.Future[None]) -> None:
+        self._request = request
+        self._left = count
+        self._done = done
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self.published = 0
+        self.errors = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._send()
+
+    def _send(self) -> None:
+        if self._left <= 0:
+            if not self._done.done():
+                self._done.set_result(None)
+            return
+        self._left -= 1
+        assert self._transport is not None
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end == -1:
+            self._buffer = buffer
+            return
+        head = buffer[:head_end].lower()
+        at = head.find(b"content-length:")
+        length = int(head[at + 15 : head.find(b"\r\n", at)]) if at != -1 else 0
+        end = head_end + 4 + length
+        if len(buffer) < end:
+            self._buffer = buffer
+            return
+        self._buffer = buffer[end:]
+        if head[9:12] == b"200":
+            self.published += orjson.loads(buffer[head_end + 4 : end])["published"]
+        else:
+            self.errors += 1
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(ConnectionError(f"the server closed the connection: {exc}"))
+
+
+def publish_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    """A whole keep-alive ``POST`` of ``body`` (JSON), ready to write as it is."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def _post_batches(
-    url: str, batch: list[bytes], batches: int, publishers: int
+    host: str, port: int, body: bytes, batches: int, publishers: int
 ) -> tuple[float, int, int]:
-    body = b"[" + b",".join(batch) + b"]"
-    headers = {"Content-Type": "application/json"}
-    published = 0
-    errors = 0
+    loop = asyncio.get_running_loop()
+    request = publish_request(host, port, "/publish", body)
+    warm_done: asyncio.Future[None] = loop.create_future()
+    warm = _Poster(request, 20, warm_done)
+    transport, _ = await loop.create_connection(lambda: warm, host, port)
+    await warm_done
+    transport.close()
+    posters = []
+    waits = []
     per_publisher = batches // publishers
-
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal published, errors
-        for _ in range(per_publisher):
-            async with session.post(url, data=body, headers=headers) as response:
-                answer = await response.read()
-                if response.status == 200:
-                    published += orjson.loads(answer)["published"]
-                else:
-                    errors += 1
-
-    connector = aiohttp.TCPConnector(limit=publishers)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        await _warm_up(session, url, body, headers)
-        started = time.perf_counter()
-        await asyncio.gather(*(one(session) for _ in range(publishers)))
-        elapsed = time.perf_counter() - started
-    return elapsed, published, errors
+    started = time.perf_counter()
+    for _ in range(publishers):
+        done: asyncio.Future[None] = loop.create_future()
+        poster = _Poster(request, per_publisher, done)
+        await loop.create_connection(lambda poster=poster: poster, host, port)  # type: ignore[misc]
+        posters.append(poster)
+        waits.append(done)
+    await asyncio.gather(*waits)
+    elapsed = time.perf_counter() - started
+    return elapsed, sum(p.published for p in posters), sum(p.errors for p in posters)
 
 
-async def _warm_up(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str]
-) -> None:
-    for _ in range(20):
-        async with session.post(url, data=body, headers=headers) as response:
-            await response.read()
+def _split_cpu(server: PlasmaServer) -> tuple[list[int], list[int]]:
+    """The supervisor (with workers: the node's reader) and its worker processes."""
+    tree = process_tree(server.pid)
+    return [server.pid], [pid for pid in tree if pid != server.pid]
 
 
 def run_publish_api(
-    *, batch_size: int, batches: int, publishers: int, source: str, workers: int, repeat: int
+    *,
+    batch_size: int,
+    batches: int,
+    publishers: int,
+    source: str,
+    workers: int,
+    repeat: int,
+    env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Events/s through ``POST /publish`` into Redis; one row per run."""
     rows = []
     redis = RedisServer().start()
-    server = _plasma(
-        redis,
-        source,
-        {
-            "PLASMA_PUBLISH_API": "true",
-            "PLASMA_WORKERS": str(workers),
-            "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
-        },
-    )
+    server_env = {
+        "PLASMA_PUBLISH_API": "true",
+        "PLASMA_WORKERS": str(workers),
+        "PLASMA_SUBSCRIBER_REDIS_RETRY_INTERVAL": "200ms",
+        **(env or {}),
+    }
+    server = _plasma(redis, source, server_env)
     try:
-        url = f"http://{server.host}:{server.port}/publish"
         batch = [
             orjson.dumps({"meta": {"type": f"bench:{i % 10}"}, "data": {"n": i, "pad": "x" * 64}})
             for i in range(batch_size)
         ]
+        body = b"[" + b",".join(batch) + b"]"
         for run in range(repeat):
-            server_pids = process_tree(server.pid)
-            cpu_before = cpu_seconds(server_pids), cpu_seconds([redis.pid])
-            elapsed, published, errors = asyncio.run(_post_batches(url, batch, batches, publishers))
-            server_cpu = cpu_seconds(server_pids) - cpu_before[0]
-            redis_cpu = cpu_seconds([redis.pid]) - cpu_before[1]
-            row = {
+            main_pids, worker_pids = _split_cpu(server)
+            before = (
+                cpu_seconds(main_pids),
+                cpu_seconds(worker_pids),
+                cpu_seconds([redis.pid]),
+                time.process_time(),
+            )
+            elapsed, published, errors = asyncio.run(
+                _post_batches(server.host, server.port, body, batches, publishers)
+            )
+            main_cpu = cpu_seconds(main_pids) - before[0]
+            worker_cpu = cpu_seconds(worker_pids) - before[1]
+            redis_cpu = cpu_seconds([redis.pid]) - before[2]
+            client_cpu = time.process_time() - before[3]
+            server_cpu = main_cpu + worker_cpu
+            per_million = 1e6 / published if published else 0.0
+            row: dict[str, Any] = {
                 "run": run + 1,
                 "source": source,
-                "workers": workers,
+                "workers": int(server_env["PLASMA_WORKERS"]),
                 "batch": batch_size,
                 "publishers": publishers,
                 "events": published,
@@ -110,10 +185,15 @@ def run_publish_api(
                 "requests_per_s": round(published / batch_size / elapsed),
                 # CPU seconds per million events: what the figures mean on a shared machine.
                 # The server's share includes reading every event back from its own source.
-                "server_cpu_s_per_million": round(server_cpu / published * 1e6, 2),
-                "redis_cpu_s_per_million": round(redis_cpu / published * 1e6, 2),
+                "server_cpu_s_per_million": round(server_cpu * per_million, 2),
+                "redis_cpu_s_per_million": round(redis_cpu * per_million, 2),
+                "client_cpu_s_per_million": round(client_cpu * per_million, 2),
                 "events_per_server_cpu_s": round(published / server_cpu) if server_cpu else None,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
             }
+            if worker_pids:  # the supervisor reads the source; the workers serve the API
+                row["supervisor_cpu_s_per_million"] = round(main_cpu * per_million, 2)
+                row["workers_cpu_s_per_million"] = round(worker_cpu * per_million, 2)
             if source == "redis-stream":
                 import redis as redis_py
 
