@@ -118,5 +118,6 @@ def test_publish_api_bench(tmp_path: Path, source: str) -> None:
     (row,) = json.loads((out / "publish-api.json").read_text())["runs"]
     assert row["events"] == 160 and row["errors"] == 0
     assert row["workers"] == 2 and "workers_cpu_s_per_million" in row
+    assert "readback_cpu_s_per_million" in row and "api_cpu_s_per_million" in row
     if source == "redis-stream":
-        assert row["xlen"] == 160 + 20 * 10  # the warm-up's batches too
+        assert row["xlen"] == 20 * 10 + 160 + 160  # warm-up, API, then straight into Redis

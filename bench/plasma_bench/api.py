@@ -3,7 +3,10 @@
 ``--publish-api``: batches of ``--batch`` events POSTed to ``/publish`` by ``--publishers``
 concurrent HTTP connections, into Redis (pub/sub ``PUBLISH``, or ``XADD`` with
 ``--source redis-stream``); prints events/s accepted by the API. The Redis side is checked:
-the count the server reports equals what was sent (``XLEN`` for streams).
+the count the server reports equals what was sent (``XLEN`` for streams). The server also
+reads every event back (it subscribes to the channel it publishes to), so each run then sends
+the same batches straight into Redis and reports what reading them back costs alone
+(``readback_cpu_s_per_million``) and the API's own share (``api_cpu_s_per_million``).
 
 ``--client``: how many events/s one ``plasma.client.Subscriber`` receives, over SSE and over
 gRPC (grpcio), while a separate process publishes to Redis as fast as it can.
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from typing import Any
 
+import hiredis
 import orjson
 
 from plasma_bench.procstat import cpu_seconds, process_tree
@@ -123,6 +129,45 @@ async def _post_batches(
     return elapsed, sum(p.published for p in posters), sum(p.errors for p in posters)
 
 
+def _settle(host: str, port: int) -> None:
+    """Wait until the server has read back what was published: its received count stops."""
+    url = f"http://{host}:{port}/metrics"
+    last = -1
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            now = int(orjson.loads(answer.read())["events_received"])
+        if now == last:
+            return
+        last = now
+        time.sleep(0.25)
+    raise RuntimeError("the server did not catch up with what was published in 120s")
+
+
+def _publish_direct(redis: RedisServer, source: str, batch: list[bytes], batches: int) -> None:
+    """The same batches straight into Redis, one ``MULTI``/``EXEC`` each as the API sends them:
+    what the server then spends is reading them back alone."""
+    from plasma.sources.redis_batch import command
+    from plasma.sources.redis_stream import EVENT_FIELD
+
+    head = (b"PUBLISH", b"events") if source == "redis" else (b"XADD", b"events", b"*", EVENT_FIELD)
+    transaction = b"".join(
+        [command(b"MULTI"), *(command(*head, value) for value in batch), command(b"EXEC")]
+    )
+    with socket.create_connection((redis.host, redis.port)) as sock:
+        reader = hiredis.Reader()
+        for _ in range(batches):
+            sock.sendall(transaction)
+            replies = 0
+            while replies < len(batch) + 2:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError("redis closed the connection")
+                reader.feed(chunk)
+                while reader.gets() is not False:
+                    replies += 1
+
+
 def _split_cpu(server: PlasmaServer) -> tuple[list[int], list[int]]:
     """The supervisor (with workers: the node's reader) and its worker processes."""
     tree = process_tree(server.pid)
@@ -166,6 +211,7 @@ def run_publish_api(
             elapsed, published, errors = asyncio.run(
                 _post_batches(server.host, server.port, body, batches, publishers)
             )
+            _settle(server.host, server.port)  # its read-back is part of the server's cost
             main_cpu = cpu_seconds(main_pids) - before[0]
             worker_cpu = cpu_seconds(worker_pids) - before[1]
             redis_cpu = cpu_seconds([redis.pid]) - before[2]
@@ -191,6 +237,13 @@ def run_publish_api(
                 "events_per_server_cpu_s": round(published / server_cpu) if server_cpu else None,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
             }
+            # The read-back alone: the same batches published straight into Redis.
+            direct_before = cpu_seconds(main_pids + worker_pids)
+            _publish_direct(redis, source, batch, published // batch_size)
+            _settle(server.host, server.port)
+            readback = (cpu_seconds(main_pids + worker_pids) - direct_before) * per_million
+            row["readback_cpu_s_per_million"] = round(readback, 2)
+            row["api_cpu_s_per_million"] = round(server_cpu * per_million - readback, 2)
             if worker_pids:  # the supervisor reads the source; the workers serve the API
                 row["supervisor_cpu_s_per_million"] = round(main_cpu * per_million, 2)
                 row["workers_cpu_s_per_million"] = round(worker_cpu * per_million, 2)
@@ -198,7 +251,7 @@ def run_publish_api(
                 import redis as redis_py
 
                 with redis_py.Redis(host=redis.host, port=redis.port) as client:
-                    row["xlen"] = int(client.xlen("events"))
+                    row["xlen"] = int(client.xlen("events"))  # the direct phase's entries too
             rows.append(row)
             print(orjson.dumps(row).decode(), flush=True)
     finally:
