@@ -130,16 +130,22 @@ async def _post_batches(
 
 
 def _settle(host: str, port: int) -> None:
-    """Wait until the server has read back what was published: its received count stops."""
+    """Wait until the server has read back what was published: its received count stops.
+
+    With workers, ``/metrics`` sums the siblings' snapshots, which each shares once a second:
+    the count has to stay put for longer than that.
+    """
     url = f"http://{host}:{port}/metrics"
     last = -1
-    deadline = time.monotonic() + 120
+    steady_since = time.monotonic()
+    deadline = steady_since + 120
     while time.monotonic() < deadline:
         with urllib.request.urlopen(url, timeout=10) as answer:
             now = int(orjson.loads(answer.read())["events_received"])
-        if now == last:
+        if now != last:
+            last, steady_since = now, time.monotonic()
+        elif time.monotonic() - steady_since > 1.5:
             return
-        last = now
         time.sleep(0.25)
     raise RuntimeError("the server did not catch up with what was published in 120s")
 
