@@ -119,5 +119,7 @@ def test_publish_api_bench(tmp_path: Path, source: str) -> None:
     assert row["events"] == 160 and row["errors"] == 0
     assert row["workers"] == 2 and "workers_cpu_s_per_million" in row
     assert "readback_cpu_s_per_million" in row and "api_cpu_s_per_million" in row
+    assert row["received_api"] == 20 * 10 + 160  # read back whole: warm-up and the run
+    assert row["received_direct"] == 160
     if source == "redis-stream":
         assert row["xlen"] == 20 * 10 + 160 + 160  # warm-up, API, then straight into Redis

@@ -129,8 +129,9 @@ async def _post_batches(
     return elapsed, sum(p.published for p in posters), sum(p.errors for p in posters)
 
 
-def _settle(host: str, port: int) -> None:
+def _settle(host: str, port: int) -> int:
     """Wait until the server has read back what was published: its received count stops.
+    Returns that count (``events_received``, summed over workers).
 
     With workers, ``/metrics`` sums the siblings' snapshots, which each shares once a second:
     the count has to stay put for longer than that.
@@ -145,14 +146,18 @@ def _settle(host: str, port: int) -> None:
         if now != last:
             last, steady_since = now, time.monotonic()
         elif time.monotonic() - steady_since > 1.5:
-            return
+            return now
         time.sleep(0.25)
     raise RuntimeError("the server did not catch up with what was published in 120s")
 
 
-def _publish_direct(redis: RedisServer, source: str, batch: list[bytes], batches: int) -> None:
-    """The same batches straight into Redis, one ``MULTI``/``EXEC`` each as the API sends them:
-    what the server then spends is reading them back alone."""
+def _publish_direct(
+    redis: RedisServer, source: str, batch: list[bytes], batches: int, rate: float
+) -> None:
+    """The same batches straight into Redis, one ``MULTI``/``EXEC`` each as the API sends them,
+    at the pace the API took them (``rate`` batches/s): what the server then spends is reading
+    them back alone. (Faster, a pub/sub reader falls behind by more than Redis's output
+    buffer limit for subscribers and is cut off: the events it loses would cost nothing.)"""
     from plasma.sources.redis_batch import command
     from plasma.sources.redis_stream import EVENT_FIELD
 
@@ -162,7 +167,10 @@ def _publish_direct(redis: RedisServer, source: str, batch: list[bytes], batches
     )
     with socket.create_connection((redis.host, redis.port)) as sock:
         reader = hiredis.Reader()
-        for _ in range(batches):
+        started = time.perf_counter()
+        for n in range(batches):
+            if (wait := started + n / rate - time.perf_counter()) > 0:
+                time.sleep(wait)
             sock.sendall(transaction)
             replies = 0
             while replies < len(batch) + 2:
@@ -207,6 +215,7 @@ def run_publish_api(
         ]
         body = b"[" + b",".join(batch) + b"]"
         for run in range(repeat):
+            received_start = _settle(server.host, server.port)
             main_pids, worker_pids = _split_cpu(server)
             before = (
                 cpu_seconds(main_pids),
@@ -217,7 +226,7 @@ def run_publish_api(
             elapsed, published, errors = asyncio.run(
                 _post_batches(server.host, server.port, body, batches, publishers)
             )
-            _settle(server.host, server.port)  # its read-back is part of the server's cost
+            received_api = _settle(server.host, server.port)  # the read-back is server cost
             main_cpu = cpu_seconds(main_pids) - before[0]
             worker_cpu = cpu_seconds(worker_pids) - before[1]
             redis_cpu = cpu_seconds([redis.pid]) - before[2]
@@ -245,8 +254,14 @@ def run_publish_api(
             }
             # The read-back alone: the same batches published straight into Redis.
             direct_before = cpu_seconds(main_pids + worker_pids)
-            _publish_direct(redis, source, batch, published // batch_size)
-            _settle(server.host, server.port)
+            _publish_direct(
+                redis, source, batch, published // batch_size, published / batch_size / elapsed
+            )
+            received_direct = _settle(server.host, server.port)
+            # Both phases must have been read back whole (by each worker) for the split to
+            # hold; the API's count includes its 20 warm-up requests.
+            row["received_api"] = received_api - received_start
+            row["received_direct"] = received_direct - received_api
             readback = (cpu_seconds(main_pids + worker_pids) - direct_before) * per_million
             row["readback_cpu_s_per_million"] = round(readback, 2)
             row["api_cpu_s_per_million"] = round(server_cpu * per_million - readback, 2)
