@@ -239,6 +239,10 @@ def test_batch_forwards_an_element_as_orjson_writes_it() -> None:
         (b'{"meta":{"type":"a"}}', "not_array", None),
         (b"[1", "invalid_json", None),
         (b'[{"meta":{"type":"a"}},{"meta":{}}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},5]', "not_object", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":"a"}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":{"type":""}}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":{"type":["a"]}}]', "no_type", 1),
         (
             b'[{"meta":{"type":"a"}},{"meta":{"type":"b"},"data":'
             + b"[" * 300
