@@ -201,3 +201,37 @@ def test_native_latency_client_tls(tmp_path: Path) -> None:
         assert median["runs"] == 2
         assert median["arrival_p99_all"] == p99s
         assert median["arrival_p99_ms"] == round((p99s[0] + p99s[1]) / 2, 3)
+
+
+@pytest.mark.parametrize("source", ["redis", "redis-stream"])
+def test_publish_api_bench(tmp_path: Path, source: str) -> None:
+    """``--publish-api`` posts its batches and accounts for every event (two workers, so the
+    per-process CPU split is exercised too)."""
+    out = tmp_path / "results"
+    _bench(
+        out,
+        "--publish-api",
+        "--batch",
+        "10",
+        "--batches",
+        "16",
+        "--publishers",
+        "4",
+        "--repeat",
+        "1",
+        "--source",
+        source,
+        "--env",
+        "PLASMA_WORKERS=2",
+    )
+    (row,) = json.loads((out / "publish-api.json").read_text())["runs"]
+    assert row["events"] == 160 and row["errors"] == 0
+    assert row["workers"] == 2 and "workers_cpu_s_per_million" in row
+    assert "readback_cpu_s_per_million" in row and "api_cpu_s_per_million" in row
+    # Read back whole (per reading process: with streams each worker reads for itself): the
+    # API's warm-up and run, then the same events straight into Redis.
+    readers = row["received_direct"] // 160
+    assert readers in (1, 2) and row["received_direct"] == 160 * readers
+    assert row["received_api"] == (20 * 10 + 160) * readers
+    if source == "redis-stream":
+        assert row["xlen"] == 20 * 10 + 160 + 160  # warm-up, API, then straight into Redis

@@ -208,10 +208,29 @@ def test_batch_is_each_event_by_the_same_rules() -> None:
         {"meta": {"type": "a"}, "data": 123456789012345678901234567890},
         {"meta": {"type": "b", "extra": 1}, "data": [1, {"x": None}]},
     ]
-    events = parse_batch(json.dumps(items).encode())
+    batch = parse_batch(json.dumps(items).encode())
     singles = [parse_event(json.dumps(i).encode()) for i in items]
-    assert [(e.type, e.data, e.body) for e in events] == [(e.type, e.data, e.body) for e in singles]
-    assert events[0].data == b"123456789012345678901234567890"
+    assert batch.types == ["a", "b"]
+    forwarded = [parse_event(body) for body in batch.bodies]
+    assert [(e.type, e.data, e.body) for e in forwarded] == [
+        (e.type, e.data, e.body) for e in singles
+    ]
+    assert forwarded[0].data == b"123456789012345678901234567890"
+
+
+def test_batch_forwards_an_element_as_orjson_writes_it() -> None:
+    """The fast path publishes the element itself (one orjson call, extra keys kept) and
+    checks its size as a reader would; the slow path (long integers) publishes the event."""
+    batch = parse_batch(b'[{"meta":{"type":"a","by":"x"},"data":[1, 2],"extra":true}]')
+    assert batch.bodies == [b'{"meta":{"type":"a","by":"x"},"data":[1,2],"extra":true}']
+    raw = b'[{"meta":{"type":"a"},"data":1,"extra":"' + b"x" * 100 + b'"}]'
+    with pytest.raises(InvalidEvent) as info:
+        parse_batch(raw, max_bytes=100)  # the event alone would fit; what is sent does not
+    assert info.value.reason == "too_large"
+    big = parse_batch(b'[{"meta":{"type":"a"},"data":123456789012345678901,"extra":1}]')
+    assert big.bodies == [b'{"meta":{"type":"a"},"data":123456789012345678901}']
+    deep = b'[{"meta":{"type":"a"},"data":' + b"[" * 253 + b"]" * 253 + b"}]"
+    assert parse_event(parse_batch(deep).bodies[0]).data == b"[" * 253 + b"]" * 253
 
 
 @pytest.mark.parametrize(
@@ -220,6 +239,10 @@ def test_batch_is_each_event_by_the_same_rules() -> None:
         (b'{"meta":{"type":"a"}}', "not_array", None),
         (b"[1", "invalid_json", None),
         (b'[{"meta":{"type":"a"}},{"meta":{}}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},5]', "not_object", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":"a"}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":{"type":""}}]', "no_type", 1),
+        (b'[{"meta":{"type":"a"}},{"meta":{"type":["a"]}}]', "no_type", 1),
         (
             b'[{"meta":{"type":"a"}},{"meta":{"type":"b"},"data":'
             + b"[" * 300

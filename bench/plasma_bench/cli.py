@@ -747,6 +747,7 @@ def _api(args: argparse.Namespace) -> int:
             source=args.source[0],
             workers=args.workers or 1,
             repeat=args.repeat,
+            env=dict(kv.split("=", 1) for kv in args.env),
         )
     else:
         rows = run_client(events=50_000, repeat=args.repeat)

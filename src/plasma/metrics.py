@@ -91,6 +91,10 @@ class Metrics:
         self.events_dropped = 0
         self.events_skipped: Counter[str] = Counter()
         self.events_published_debug = 0
+        self.events_published_api = 0
+        """Events the publish API handed to the source (every event of each accepted batch)."""
+        self.publish_rejected: Counter[str] = Counter()
+        """Publish API requests refused, by HTTP status (``"400"``, ``"413"``, ``"503"``...)."""
         self.bytes_written = 0
         self.connections: Counter[str] = Counter()
         self.connections_opened: Counter[str] = Counter()
@@ -181,6 +185,9 @@ class Metrics:
             events_skipped=sum(self.events_skipped.values()),
             events_skipped_by_reason=dict(self.events_skipped),
             events_published_debug=self.events_published_debug,
+            events_published_api=self.events_published_api,
+            publish_rejected=sum(self.publish_rejected.values()),
+            publish_rejected_by_status=dict(self.publish_rejected),
             bytes_written=self.bytes_written,
             clients_dropped=sum(self.clients_dropped.values()),
             clients_dropped_by_reason=dict(self.clients_dropped),

@@ -134,6 +134,8 @@ class Server:
                 channels=_publish_channels(config),
                 body_timeout=config.limits.header_timeout,
                 retry_after=config.source.redis.retry_interval,
+                metrics=self.metrics,
+                cors=self.sse.cors_headers(),
                 # With access control on, the token's publish list must cover every event.
                 authorize=self.authorizer.check_publish if self.authorizer.enabled else allow_all,
             )
@@ -163,7 +165,9 @@ class Server:
         self.ports: list[int] = []
 
     async def _handle_http(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and (
+            self.publish is None or request.path != self.publish.path
+        ):
             return preflight(self.sse, request)
         if is_sse_request(request.method, request.headers.get("Accept", "")):
             return await serve_stream(self.sse, request)

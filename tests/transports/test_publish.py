@@ -16,13 +16,16 @@ import orjson
 import pytest
 
 from plasma.client import Event, Publisher, PublishError, Subscriber
+from tests.auth.keyring import SECRET, mint
 from tests.support import (
     HTTPResult,
     PlasmaProcess,
     RedisServer,
     SSEStream,
     http,
+    scrape,
     start_redis_plasma,
+    value,
     wait_for,
 )
 
@@ -181,7 +184,91 @@ def test_content_type_is_checked(server: PlasmaProcess, content_type: str, statu
 def test_other_methods_are_405(server: PlasmaProcess, method: str) -> None:
     answer = http(server.url + "/publish", method)
     assert answer.status == 405
-    assert answer.headers["Allow"] == "POST"
+    assert answer.headers["Allow"] == "POST, OPTIONS"
+
+
+# --- counted in /metrics --------------------------------------------------------------------
+
+
+def test_published_events_and_refusals_are_counted(server: PlasmaProcess) -> None:
+    before = server.metrics()
+    scraped_before = scrape(server.url)
+    assert post(server, [event("t:m", i) for i in range(3)]).status == 200
+    assert post(server, [event("t:m"), {"meta": {}}]).status == 400
+    assert post(server, event("t:m"), "text/plain").status == 415
+    after = server.metrics()
+    assert after["events_published_api"] - before["events_published_api"] == 3
+    rejected = before["publish_rejected_by_status"]
+    assert after["publish_rejected_by_status"].get("400", 0) - rejected.get("400", 0) == 1
+    assert after["publish_rejected_by_status"].get("415", 0) - rejected.get("415", 0) == 1
+    assert after["publish_rejected"] - before["publish_rejected"] == 2
+    scraped = scrape(server.url)
+    published = "plasma_events_published_api_total"
+    assert value(scraped, published) - value(scraped_before, published) == 3
+    refused = "plasma_publish_rejected_total"
+    assert value(scraped, refused, status="415") - value(scraped_before, refused, status="415") == 1
+
+
+# --- a page on another origin ---------------------------------------------------------------
+
+
+def preflight(server: PlasmaProcess, path: str, method: str = "POST") -> HTTPResult:
+    return http(
+        server.url + path,
+        "OPTIONS",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+
+
+def test_preflight_without_an_origin_setting_allows_no_page(server: PlasmaProcess) -> None:
+    answer = preflight(server, "/publish")
+    assert answer.status == 204
+    assert answer.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
+    assert "Access-Control-Allow-Origin" not in answer.headers  # PLASMA_ORIGIN is empty
+    assert "Access-Control-Allow-Origin" not in post(server, event("t:o")).headers
+
+
+def test_a_page_on_another_origin_publishes_with_a_token(redis_server: RedisServer) -> None:
+    process = start_redis_plasma(
+        redis_server,
+        PLASMA_PUBLISH_API="true",
+        PLASMA_ORIGIN="https://app.example",
+        PLASMA_AUTH_JWT_SECRET=SECRET,
+        PLASMA_DEBUG="true",
+    )
+    try:
+        answer = preflight(process, "/publish")
+        assert answer.status == 204
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert answer.headers["Access-Control-Allow-Methods"] == "POST, OPTIONS"
+        allowed = {
+            h.strip().lower() for h in answer.headers["Access-Control-Allow-Headers"].split(",")
+        }
+        assert {"authorization", "content-type"} <= allowed
+        # The same origin rule as a stream's preflight, which still allows only reading.
+        stream = preflight(process, "/?eventType=t", "GET")
+        assert stream.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "POST" not in stream.headers["Access-Control-Allow-Methods"]
+        for key in ("Access-Control-Allow-Origin", "Access-Control-Allow-Credentials"):
+            assert answer.headers.get(key) == stream.headers.get(key), key
+
+        grant = mint(SECRET, "HS256", {"sub": "42", "plasma": {"publish": ["user:42"]}})
+        ok = post(process, event("user:42:x"), Authorization=f"Bearer {grant}")
+        assert ok.status == 200, ok.body
+        assert ok.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        refused = post(process, event("user:42:x"))  # no token: the page can read why
+        assert refused.status == 401
+        assert refused.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        counted = process.metrics()
+        assert counted["events_published_api"] == 1
+        assert counted["publish_rejected_by_status"] == {"401": 1}
+        assert orjson.loads(http(process.url + "/debug/stats").body)["events_published_api"] == 1
+    finally:
+        process.stop()
 
 
 # --- hostile bodies -------------------------------------------------------------------------

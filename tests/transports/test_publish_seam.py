@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web, web_server
 
+from plasma.metrics import Metrics
 from plasma.transports.http.publish import PublishEndpoint, allow_all
 
 Published = list[tuple[list[bytes], str | None]]
@@ -41,6 +42,7 @@ def endpoint(published: Published, authorize: object = allow_all) -> PublishEndp
         channels=("events",),
         body_timeout=5,
         retry_after=1,
+        metrics=Metrics(),
         authorize=authorize,  # type: ignore[arg-type]
     )
 

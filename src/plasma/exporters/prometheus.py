@@ -154,6 +154,19 @@ class SnapshotCollector(Collector):
             s,
             "events_published_debug",
         )
+        yield _counter(
+            "plasma_events_published_api",
+            "Events published through the publish API (POST PLASMA_PUBLISH_PATH).",
+            s,
+            "events_published_api",
+        )
+        yield _by_label(
+            CounterMetricFamily,
+            "plasma_publish_rejected",
+            "Publish API requests refused (nothing published), by HTTP status.",
+            "status",
+            s.get("publish_rejected_by_status", {}),
+        )
         yield _by_label(
             CounterMetricFamily,
             "plasma_clients_dropped",

@@ -58,9 +58,11 @@ class BatchWriter:
         ``args`` is the command and its fixed arguments (``(b"PUBLISH", channel)``). Raises
         ``SourceError`` when Redis is unreachable or refuses any part; nothing is published then.
         """
-        head = b"*%d\r\n" % (len(args) + 1) + b"".join(_bulk(a) for a in args)
+        # One format per command: the fixed head, then the value as a bulk string.
+        template = b"*%d\r\n" % (len(args) + 1) + b"".join(_bulk(a) for a in args)
+        template = template.replace(b"%", b"%%") + b"$%d\r\n%b\r\n"
         parts = [_MULTI]
-        parts.extend(head + _bulk(value) for value in values)
+        parts.extend([template % (len(value), value) for value in values])
         parts.append(_EXEC)
         async with self._lock:
             try:

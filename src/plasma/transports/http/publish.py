@@ -9,19 +9,25 @@ process and node sees it.
 The body is bounded before it is read: a ``Content-Length`` over the limit is refused at once
 and a chunked body is cut off at the limit (``413``, connection closed); a body that takes
 longer than the header timeout to arrive gets ``408``.
+
+A page on another origin may publish (with a token) under the rules SSE streams follow: the
+answers, and the CORS preflight (``OPTIONS``) this endpoint answers itself, carry the
+headers of ``SSETransport.cors_headers`` (``PLASMA_ORIGIN``). Every answer is counted in
+``Metrics``: events published, or the refusal by status.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
-from plasma.events import Event, parse_batch, parse_event
+from plasma.events import Batch, parse_batch, parse_event
+from plasma.metrics import Metrics
 
 __all__ = ["AuthorizePublish", "PublishEndpoint", "allow_all"]
 
@@ -33,6 +39,7 @@ is parsed and before anything is published, once per request."""
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_METHODS = "POST, OPTIONS"
 
 
 def allow_all(request: web.BaseRequest, types: Sequence[str]) -> web.Response | None:
@@ -63,6 +70,8 @@ class PublishEndpoint:
         channels: Sequence[str],
         body_timeout: float,
         retry_after: float,
+        metrics: Metrics,
+        cors: Mapping[str, str] | None = None,
         authorize: AuthorizePublish = allow_all,
     ) -> None:
         self._publish_many = publish_many
@@ -73,6 +82,17 @@ class PublishEndpoint:
         self._body_timeout = body_timeout
         self._retry_after = str(max(1, round(retry_after)))
         self._authorize = authorize
+        self._metrics = metrics
+        self._cors = dict(cors or {})
+        # A token travels in ``Authorization``; a JSON body needs ``Content-Type`` allowed.
+        allowed = "Content-Type" + ("" if authorize is allow_all else ", Authorization")
+        self._preflight_headers = {
+            "Access-Control-Allow-Methods": _METHODS,
+            "Access-Control-Allow-Headers": allowed,
+            "Access-Control-Max-Age": "600",
+            "Allow": _METHODS,
+            **self._cors,
+        }
 
     @property
     def open_to_all(self) -> bool:
@@ -80,29 +100,43 @@ class PublishEndpoint:
         return self._authorize is allow_all
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
+        if request.method == "OPTIONS":  # a CORS preflight (MetaEndpoints logs it)
+            return web.Response(status=204, headers=self._preflight_headers)
+        response = await self._publish(request)
+        if self._cors:
+            response.headers.update(self._cors)
+        if response.status != 200:
+            self._metrics.publish_rejected[str(response.status)] += 1
+        return response
+
+    async def _publish(self, request: web.BaseRequest) -> web.Response:
         if request.method != "POST":
             return web.Response(
-                status=405, text="405 method not allowed\n", headers={"Allow": "POST"}
+                status=405, text="405 method not allowed\n", headers={"Allow": _METHODS}
             )
         try:
             channel = self._channel(request)
             ndjson = self._content_kind(request)
             body = await self._read_body(request)
-            events = self._parse(body, ndjson)
+            batch = self._parse(body, ndjson)
         except _Refused as refused:
             return refused.response
-        refusal = self._authorize(request, [e.type for e in events])
+        refusal = self._authorize(request, batch.types)
         if refusal is not None:
             return refusal
         try:
-            ids = await self._publish_many([e.body for e in events], channel)
+            ids = await self._publish_many(batch.bodies, channel)
         except SourceError as exc:
             return web.Response(
                 status=503,
                 body=orjson.dumps({"error": f"{exc}; nothing was published"}),
                 content_type="application/json",
-                headers={"Retry-After": self._retry_after},
+                headers={
+                    "Retry-After": self._retry_after,
+                    "Access-Control-Expose-Headers": "Retry-After",
+                },
             )
+        self._metrics.events_published_api += len(ids)
         return web.Response(
             body=orjson.dumps({"published": len(ids), "ids": ids}),
             content_type="application/json",
@@ -167,24 +201,27 @@ class PublishEndpoint:
         response.force_close()  # the rest of the body is never read
         return response
 
-    def _parse(self, body: bytes, ndjson: bool) -> list[Event]:
+    def _parse(self, body: bytes, ndjson: bool) -> Batch:
         """Every event of the body, or ``400`` naming the first invalid one; nothing partial."""
         max_bytes = self._max_event_bytes
         try:
             if ndjson:
-                events = []
+                batch = Batch([], [])
                 for index, line in enumerate(x for x in body.split(b"\n") if x.strip()):
                     try:
-                        events.append(parse_event(line, max_bytes))
+                        event = parse_event(line, max_bytes)
                     except InvalidEvent as exc:
                         raise InvalidEvent(exc.reason, f"event {index}: {exc}", index) from None
+                    batch.types.append(event.type)
+                    batch.bodies.append(event.body)
             elif body.lstrip()[:1] == b"[":
-                events = parse_batch(body, max_bytes)
+                batch = parse_batch(body, max_bytes)
             else:
-                events = [parse_event(body, max_bytes)]
+                event = parse_event(body, max_bytes)
+                batch = Batch([event.type], [event.body])
         except InvalidEvent as exc:
             extra = {"index": exc.index} if exc.index is not None else {}
             raise _Refused(_error(400, str(exc), reason=exc.reason, **extra)) from None
-        if not events:
+        if not batch.bodies:
             raise _Refused(_error(400, "the body holds no events"))
-        return events
+        return batch
