@@ -44,7 +44,8 @@ _CMSG = socket.CMSG_SPACE(16)
 _READ = 1 << 16
 _SEQ = re.compile(rb'"s":(\d+)')
 _PUBLISHED = re.compile(rb'"t":(\d+)')
-_IN_FLIGHT = 2000
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_IN_FLIGHT = 500
 """Connects not yet answered at once: the listen backlog sees bursts of this many at most."""
 _REFUSED_DELAY = 0.05
 
@@ -103,6 +104,8 @@ class Swarm:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        # The port is chosen at connect, per destination, where TIME-WAIT ports may be reused.
+        sock.setsockopt(socket.SOL_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((self.source, 0))
         err = sock.connect_ex(self.addr)
         if err not in (0, errno.EINPROGRESS):
