@@ -16,6 +16,7 @@ on its own slot's master; events keep their order per stream.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,9 @@ class RedisStreamSource:
     def __init__(self, config: RedisConfig, metrics: Metrics) -> None:
         self._redis = RedisConnection(config, metrics, name=self.name, log=log)
         self._positions: dict[str, str] | None = None
+        self._waiting: dict[str, list[asyncio.Future[list[Event] | None]]] = {}
+        """Resumes waiting for the next archive read, by the id they resume from."""
+        self._batches: asyncio.Task[None] | None = None
 
     async def run(self, hub: Hub) -> None:
         await self._redis.run(lambda: self._listen(hub))
@@ -143,9 +147,51 @@ class RedisStreamSource:
         return tails
 
     async def events_after(self, event_id: str) -> list[Event] | None:
-        """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
+        """Every event after ``event_id`` still in the streams, or ``None`` for a gap.
+
+        Resumes that ask while a read is under way wait for the next one, which serves them
+        all: a storm of reconnecting clients costs a few ``XRANGE`` calls, not one (and an
+        ``XINFO``) each, which would queue on the one probe connection and time out. Each gets
+        the events after its own id, from a read that began after it asked (so nothing
+        published before the hub's tap for it went up is missed).
+        """
         if not _STREAM_ID.match(event_id):
             return None
+        waiter: asyncio.Future[list[Event] | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(event_id, []).append(waiter)
+        if self._batches is None or self._batches.done():
+            self._batches = asyncio.get_running_loop().create_task(self._serve_waiting())
+        return await waiter
+
+    async def _serve_waiting(self) -> None:
+        """Read once for every id asked so far (from the oldest), until none is waiting."""
+        while self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            ids = sorted(waiting, key=_order)
+            oldest = ids[0]
+            try:
+                events = await self._read_after(oldest)
+            except BaseException:
+                for futures in waiting.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(None)
+                raise
+            if events is None or len(events) >= _REPLAY_LIMIT:
+                # The oldest cannot be vouched for (or the read was cut): the others read again.
+                for event_id in ids[1:]:
+                    self._waiting.setdefault(event_id, []).extend(waiting.pop(event_id))
+            orders = [_order(e.id) for e in events] if events is not None else []
+            for event_id, futures in waiting.items():
+                share: list[Event] | None = None
+                if events is not None:
+                    share = events[bisect.bisect_right(orders, _order(event_id)) :]
+                for future in futures:
+                    if not future.done():
+                        future.set_result(share)
+
+    async def _read_after(self, event_id: str) -> list[Event] | None:
+        """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
         after = _order(event_id)
         redis = self._redis
         try:
