@@ -19,6 +19,7 @@ import asyncio
 import bisect
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -43,6 +44,9 @@ _STREAM_ID = re.compile(r"^(\d+)-(\d+)$")
 _READ_COUNT = 1000
 # Most entries a single resume replays from Redis.
 _REPLAY_LIMIT = 100_000
+# The last archive read is kept this long after its last use, if it holds at most this many.
+_CACHE_SECONDS = 5.0
+_CACHE_EVENTS = 20_000
 
 
 def _order(entry_id: str) -> tuple[int, int]:
@@ -80,6 +84,10 @@ class RedisStreamSource:
         self._waiting: dict[str, list[asyncio.Future[list[Event] | None]]] = {}
         """Resumes waiting for the next archive read, by the id they resume from."""
         self._batches: asyncio.Task[None] | None = None
+        self._cache: list[Event] = []
+        """The last archive read: every entry after ``_cache_after``, kept ``_CACHE_SECONDS``."""
+        self._cache_after: str | None = None
+        self._cache_until = 0.0
 
     async def run(self, hub: Hub) -> None:
         await self._redis.run(lambda: self._listen(hub))
@@ -170,7 +178,7 @@ class RedisStreamSource:
             ids = sorted(waiting, key=_order)
             oldest = ids[0]
             try:
-                events = await self._read_after(oldest)
+                events = await self._read_cached(oldest)
             except BaseException:
                 for futures in waiting.values():
                     for future in futures:
@@ -189,6 +197,32 @@ class RedisStreamSource:
                 for future in futures:
                     if not future.done():
                         future.set_result(share)
+
+    async def _read_cached(self, oldest: str) -> list[Event] | None:
+        """``_read_after(oldest)``, reading only what is new when the last read covers it:
+        a storm's resumes arrive over seconds, and each batch would read the same range again."""
+        cache, after = self._cache, self._cache_after
+        now = time.monotonic()
+        # One stream only: across streams a later entry may carry a smaller id than the last read.
+        single = len(self._redis.config.channels) == 1
+        if (
+            single
+            and after is not None
+            and _order(after) <= _order(oldest)
+            and now < self._cache_until
+        ):
+            delta = await self._read_after(cache[-1].id if cache else after)
+            if delta is not None and len(cache) + len(delta) <= _CACHE_EVENTS:
+                cache.extend(delta)
+                self._cache_until = now + _CACHE_SECONDS
+                start = bisect.bisect_right([_order(e.id) for e in cache], _order(oldest))
+                return cache[start:]
+        self._cache, self._cache_after = [], None
+        events = await self._read_after(oldest)
+        if single and events is not None and len(events) <= _CACHE_EVENTS:
+            self._cache, self._cache_after = list(events), oldest
+            self._cache_until = time.monotonic() + _CACHE_SECONDS
+        return events
 
     async def _read_after(self, event_id: str) -> list[Event] | None:
         """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
