@@ -202,18 +202,19 @@ class Swarm:
             st.next = numbers[-1] + 1
         else:
             self._account_disorder(st, numbers)
+        if self.mark and not st.first_at:
+            times = _PUBLISHED.findall(whole)
+            if times and int(times[-1]) >= self.mark:
+                st.first_at = arrived
+        if self.storm:
+            return  # per-stream order is all a storm checks: no per-event work here
         copies, latest = self.copies, self.latest
         for n in numbers:
             copies[n] = copies.get(n, 0) + 1
             if arrived > latest.get(n, 0):
                 latest[n] = arrived
-        if self.mark and not st.first_at:
-            times = _PUBLISHED.findall(whole)
-            if times and int(times[-1]) >= self.mark:
-                st.first_at = arrived
-        if len(self.published) < 100_000:
-            for n, t in zip(numbers, _PUBLISHED.findall(whole), strict=False):
-                self.published.setdefault(n, int(t))
+        for n, t in zip(numbers, _PUBLISHED.findall(whole), strict=False):
+            self.published.setdefault(n, int(t))
 
     def _account_disorder(self, st: _Stream, numbers: list[int]) -> None:
         expected = st.next
