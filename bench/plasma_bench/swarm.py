@@ -46,7 +46,8 @@ _SEQ = re.compile(rb'"s":(\d+)')
 _PUBLISHED = re.compile(rb'"t":(\d+)')
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _IN_FLIGHT = 500
-"""Connects not yet answered at once: the listen backlog sees bursts of this many at most."""
+"""Connects not yet answered at once, while connecting the first time (a storm's reconnects
+are not paced: every stream reconnects at once)."""
 _REFUSED_DELAY = 0.05
 
 CONNECTING, HEAD, STREAMING, WAITING = range(4)
@@ -284,7 +285,9 @@ class Swarm:
         self.ep.register(stdin, select.EPOLLIN)
         pending = b""
         while True:
-            while self.todo and self.connecting < _IN_FLIGHT:
+            # A storm reconnects every stream at once; the first connects are paced.
+            in_flight = len(self.streams) if self.storm and self.ready_at else _IN_FLIGHT
+            while self.todo and self.connecting < in_flight:
                 self._open(self.todo.pop())
             if self.waiting:
                 now = time.monotonic()
