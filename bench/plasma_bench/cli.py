@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -575,6 +576,14 @@ def _scale(args: argparse.Namespace) -> int:
 
     env = dict(kv.split("=", 1) for kv in args.env)
     Managed.keep_logs = args.out / "logs"
+
+    def overdue(_signum: int, _frame: object) -> None:
+        raise TimeoutError("bench: the scenario took over 15 minutes; stopping its processes")
+
+    # A load generator that stops answering must not hang the run: the servers are stopped
+    # by the scenario's ``finally`` when this fires.
+    signal.signal(signal.SIGALRM, overdue)
+    signal.alarm(900)
     if args.scale:
         result = run_scale(
             connections=args.connections,
