@@ -235,3 +235,27 @@ def test_publish_api_bench(tmp_path: Path, source: str) -> None:
     assert row["received_api"] == (20 * 10 + 160) * readers
     if source == "redis-stream":
         assert row["xlen"] == 20 * 10 + 160 + 160  # warm-up, API, then straight into Redis
+
+
+def test_scale_smoke(tmp_path: Path) -> None:
+    """``--scale --smoke``: a few hundred streams from two load-generator processes on two
+    loopback addresses, two workers; every broadcast event reaches every stream."""
+    out = tmp_path / "results"
+    _bench(out, "--scale", "--smoke")
+    result = json.loads((out / "scale.json").read_text())
+    assert result["connections"] == 300 and result["workers"] == 2
+    assert len(result["events"]) == 2
+    assert all(e["copies"] == 300 and e["lost"] == 0 for e in result["events"])
+    assert result["held"]["pss"] > 0 and result["held"]["rss"] >= result["held"]["pss"]
+
+
+def test_storm_smoke(tmp_path: Path) -> None:
+    """``--storm --smoke``: plasma (redis-stream source) killed under 200 streams and started
+    again on its port; every stream comes back and has every event once, in order."""
+    out = tmp_path / "results"
+    _bench(out, "--storm", "--smoke")
+    result = json.loads((out / "storm.json").read_text())
+    assert result["connections"] == 200
+    assert result["events"] > 0
+    assert result["complete_streams"] == result["caught_up"] == 200
+    assert result["lost"] == result["duplicated_or_reordered"] == result["errors"] == 0

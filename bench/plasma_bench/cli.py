@@ -9,6 +9,8 @@
 ./scripts/bench --native-latency --workers 1,2 --against nchan --rate-repeat 5
                                     fixed rate, C client, interleaved; medians per target
 ./scripts/bench --target 127.0.0.1:8080 --redis 127.0.0.1:6379   a running server
+./scripts/bench --scale             100,000 SSE streams on 6 workers, broadcast events (issue 16)
+./scripts/bench --storm             20,000 streams, plasma killed and restarted (issue 16)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,6 +94,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--publish-api",
         action="store_true",
         help="only the publish API: batches of --batch events POSTed to /publish, into Redis",
+    )
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the scale scenario: --connections SSE streams (100,000) on --workers (6), "
+        "from --swarms load-generator processes, --scale-events broadcast events",
+    )
+    p.add_argument(
+        "--storm",
+        action="store_true",
+        help="only the reconnect storm: --connections streams (20,000) on the redis-stream "
+        "source at --rate events/s; plasma killed and restarted on the same port",
+    )
+    p.add_argument("--connections", type=int, default=None, help="with --scale/--storm")
+    p.add_argument(
+        "--swarms",
+        type=int,
+        default=None,
+        help="with --scale/--storm: load-generator processes (one per 15,000 streams)",
+    )
+    p.add_argument("--scale-events", type=int, default=3, help="with --scale: events (3)")
+    p.add_argument(
+        "--storm-signal",
+        choices=["kill", "term"],
+        default="kill",
+        help="with --storm: SIGKILL every server process (kill), or SIGTERM the supervisor",
+    )
+    p.add_argument(
+        "--storm-before", type=float, default=3.0, help="with --storm: seconds before the kill"
+    )
+    p.add_argument(
+        "--storm-after",
+        type=float,
+        default=30.0,
+        help="with --storm: longest wait for every stream to catch up after the restart (30)",
     )
     p.add_argument("--batch", type=int, default=100, help="with --publish-api: events per POST")
     p.add_argument(
@@ -288,6 +326,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if len(args.worker_counts) > 1 and not args.native_latency:
         p.error("--workers takes one count, except with --native-latency")
     args.workers = args.worker_counts[0] if args.worker_counts else None
+    if args.scale or args.storm:
+        default = 100_000 if args.scale else 20_000
+        if args.smoke:
+            default = 300 if args.scale else 200
+            args.scale_events = 2
+            args.rate = 50.0
+            args.storm_before = 1.0
+            args.storm_after = 15.0
+            args.event_bytes = 100
+        args.connections = args.connections or default
+        args.swarms = args.swarms or max(2, -(-args.connections // 15_000))
+        if args.workers is None:
+            args.workers = 2 if (args.storm or args.smoke) else 6
+        return args
     if args.smoke:
         args.sse = [50]
         args.burst_events = 20
@@ -810,10 +862,61 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    """``--scale`` or ``--storm``: one run, its figures printed and written as JSON."""
+    from plasma_bench.scale import run_scale, run_storm
+
+    env = dict(kv.split("=", 1) for kv in args.env)
+    Managed.keep_logs = args.out / "logs"
+
+    def overdue(_signum: int, _frame: object) -> None:
+        raise TimeoutError("bench: the scenario took over 15 minutes; stopping its processes")
+
+    # A load generator that stops answering must not hang the run: the servers are stopped
+    # by the scenario's ``finally`` when this fires.
+    signal.signal(signal.SIGALRM, overdue)
+    signal.alarm(900)
+    if args.scale:
+        result = run_scale(
+            connections=args.connections,
+            workers=args.workers,
+            swarms=args.swarms,
+            events=args.scale_events,
+            event_bytes=args.event_bytes,
+            env=env,
+        )
+        ok = result["lost"] == 0
+    else:
+        result = run_storm(
+            connections=args.connections,
+            workers=args.workers,
+            swarms=args.swarms,
+            rate=args.rate,
+            before_s=args.storm_before,
+            after_s=args.storm_after,
+            event_bytes=args.event_bytes,
+            how=args.storm_signal,
+            env=env,
+        )
+        ok = (
+            result["lost"] == result["duplicated_or_reordered"] == result["errors"] == 0
+            and result["complete_streams"] == result["connections"]
+        )
+    result["machine"] = machine()
+    result["argv"] = sys.argv[1:]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{result['scenario']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.ingest or args.unicast:
         return _ingest(args)
+    if args.scale or args.storm:
+        return _scale(args)
     if args.native_latency:
         return _native(args)
     if args.publish_api or args.client:

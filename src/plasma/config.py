@@ -439,6 +439,12 @@ SETTINGS: tuple[Setting, ...] = (
         "PLASMA_WORKERS", "1", "worker processes sharing the port; `0` = one per core", 0, 256
     ),
     _integer(
+        "PLASMA_LISTEN_BACKLOG", "4096",
+        "connections the kernel queues for accept, per worker (capped by "
+        "`net.core.somaxconn`; a warning at start-up says when it is lower)",
+        1, 1 << 20,
+    ),
+    _integer(
         "PLASMA_MAX_CONNECTIONS", "50000",
         "open SSE + gRPC streams per process; beyond: `503` with `Retry-After` / "
         "`RESOURCE_EXHAUSTED`",
@@ -861,6 +867,7 @@ class Config:
     client_buffer: int = _d("PLASMA_CLIENT_BUFFER")
     max_buffered_bytes: int = _d("PLASMA_MAX_BUFFERED_BYTES")
     workers: int = _d("PLASMA_WORKERS")
+    listen_backlog: int = _d("PLASMA_LISTEN_BACKLOG")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:
@@ -973,4 +980,5 @@ class Config:
             client_buffer=r["PLASMA_CLIENT_BUFFER"],
             max_buffered_bytes=r["PLASMA_MAX_BUFFERED_BYTES"],
             workers=r["PLASMA_WORKERS"],
+            listen_backlog=r["PLASMA_LISTEN_BACKLOG"],
         )

@@ -39,8 +39,10 @@ _FLUSH_BATCH = 128
 # Events replayed to one resuming subscriber per loop turn. 2,000 clients resuming 9,800 events
 # each in one go held live events back by up to 11.9 s.
 _REPLAY_SLICE = 256
-# Replays running at once; the others wait (and hold no tap on live events meanwhile).
-_REPLAYS_AT_ONCE = 8
+# Replays running at once; the others wait (with their archive reads done and a tap on live
+# events). At most 64 x 256 pushes (~5-10 ms) per loop turn; with 8, a storm of 5,000 resumes
+# of ~1,000 events each took over a minute, as each replay spans several (slow) loop turns.
+_REPLAYS_AT_ONCE = 64
 
 
 class Flushable(Protocol):
@@ -109,7 +111,8 @@ class Hub:
         self._seq = 0
         self._start_id = f"{self.epoch}-0"
         self.history.mark(self._start_id)
-        self._taps: list[list[Event]] = []
+        self._taps: dict[int, list[Event]] = {}
+        """Per resume in progress: the events published since it began (keyed by the list's id)."""
         self._resuming: dict[Subscriber, None] = {}
         self._replay_slots = asyncio.Semaphore(_REPLAYS_AT_ONCE)
         self._replayed: list[Event] = []
@@ -161,34 +164,31 @@ class Hub:
             return True
         self.unsubscribe(subscriber)  # from now on it hears only what this replay pushes
         self._resuming[subscriber] = None
+        live: list[Event] = []
+        tap = id(live)
+        self._taps[tap] = live
         try:
+            # The archive is read before taking a replay slot: a storm's thousands of resumes
+            # wait for the source's reads together (it batches them), not 8 at a time.
+            missed = self.history.after(last_event_id)
+            archived = False
+            if missed is None and self.archive is not None:
+                missed = await self.archive.events_after(last_event_id)
+                archived = missed is not None
+            complete = missed is not None
             async with self._replay_slots:
                 if subscriber not in self._resuming:
                     return False  # its stream ended while it waited
-                return await self._resume(subscriber, types, last_event_id)
-        finally:
-            self._resuming.pop(subscriber, None)
-
-    async def _resume(
-        self, subscriber: Subscriber, types: tuple[str, ...], last_event_id: str
-    ) -> bool:
-        live: list[Event] = []
-        self._taps.append(live)
-        try:
-            missed = self.history.after(last_event_id)
-            seen: set[str] | None = None
-            if missed is None and self.archive is not None:
-                missed = await self.archive.events_after(last_event_id)
-                if missed is not None:  # the archive may hold some of what arrived meanwhile
-                    seen = {e.id for e in missed}
-            complete = missed is not None
-            if missed is None:
-                missed = [self._gap_event(last_event_id)]
-            if await self._replay(subscriber, missed, set(types), live, seen):
-                self.subscribe(subscriber, types)
+                # Copied here, in the slot: the archive's list may be shared by many resumes.
+                queue = list(missed) if missed is not None else [self._gap_event(last_event_id)]
+                # The archive may hold some of what arrived meanwhile (and is in ``live``).
+                seen = {e.id for e in queue} if archived else None
+                if await self._replay(subscriber, queue, set(types), live, seen):
+                    self.subscribe(subscriber, types)
             return complete
         finally:
-            self._taps.remove(live)
+            del self._taps[tap]
+            self._resuming.pop(subscriber, None)
 
     async def _replay(
         self,
@@ -265,7 +265,7 @@ class Hub:
         """Give a gap event to every open stream, whatever it subscribed to, and keep it in
         the history (``announce_gap``'s, or one a node's reader announced for its workers)."""
         self.history.append(event)
-        for tap in self._taps:
+        for tap in self._taps.values():
             tap.append(event)
         for subscriber in self._types:
             target = subscriber.push(event.encode(subscriber.encoder))
@@ -368,7 +368,7 @@ class Hub:
                 event.id = f"{epoch}-{seq}"
         self._seq = seq
         self.history.extend(events)  # one append for the batch
-        for tap in self._taps:
+        for tap in self._taps.values():
             tap.extend(events)
         index = self._index
         dirty = self._dirty

@@ -273,7 +273,7 @@ class Server:
                 factory,
                 host=self.config.host or None,
                 port=port,
-                backlog=4096,
+                backlog=self.config.listen_backlog,
                 reuse_address=True,
                 reuse_port=self.config.workers != 1 or None,
             )

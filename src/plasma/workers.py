@@ -9,10 +9,17 @@ node's history before it listens), and on SIGTERM/SIGINT/SIGHUP/SIGQUIT asks eve
 drain and waits for them. Sources that carry broker ids (Redis Streams) are read by each worker.
 Workers share their metrics through small snapshot files (see ``plasma.peers``), so ``/metrics``
 and ``/hc`` on any worker speak for the whole server.
+
+Workers are forked from a fork server that has imported the server's modules once (not the
+supervisor: it runs the reader thread, and forking a threaded process is unsafe). They share
+those pages instead of importing everything again, ~30 MB each; a worker's first act is
+``gc.freeze()`` so the collector never writes to (and so copies) the inherited objects. A
+restarted worker starts in milliseconds, as it imports nothing.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -23,6 +30,7 @@ import sys
 import tempfile
 import time
 from multiprocessing.connection import wait
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 
 from plasma.config import Config
@@ -41,6 +49,8 @@ _RESTART_DELAY = 0.5
 _MAX_RESTART_DELAY = 30.0
 # A worker that dies sooner than this after starting doubles the next restart delay.
 _CRASH_LOOP_WINDOW = 10.0
+# What the fork server imports before it forks workers: everything a worker runs.
+_PRELOAD = ["plasma.server", "plasma.logging", "uvloop"]
 
 
 def worker_count(config: Config) -> int:
@@ -65,8 +75,18 @@ def _check_port(config: Config) -> None:
 
 def _worker_main(config: Config, worker_id: int, peers_dir: str, feed_path: str) -> None:
     """Entry point of one worker process."""
+    gc.freeze()  # the fork server's objects: never traversed (written to) by this process's GC
     configure_logging(config.error_log, config.access_log)
     sys.exit(run_server(config, worker_id=worker_id, peers_dir=peers_dir, feed_path=feed_path))
+
+
+def _worker_context() -> ForkServerContext | SpawnContext:
+    """A fork server preloaded with the server's modules, where the platform has one."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
 
 
 class _Supervisor:
@@ -76,7 +96,7 @@ class _Supervisor:
         self.peers_dir = tempfile.mkdtemp(
             prefix="plasma-workers-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
         )
-        self.context = multiprocessing.get_context("spawn")
+        self.context = _worker_context()
         self.workers: dict[int, BaseProcess] = {}
         self.stopping = False
         self.exit_code = 0

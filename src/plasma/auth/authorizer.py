@@ -8,6 +8,7 @@ refusal is counted by reason (``failures``, which ``/metrics`` reports).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -15,7 +16,9 @@ from aiohttp import web
 from plasma.auth.credentials import QUERY_PARAMETER, request_token
 from plasma.auth.errors import AuthError, Forbidden, Unauthenticated
 from plasma.auth.policy import Identity, TypeSet
-from plasma.auth.tokens import TokenVerifier
+
+if TYPE_CHECKING:
+    from plasma.auth.tokens import TokenVerifier
 
 __all__ = ["SUBJECT_KEY", "Authorizer", "refusal_response"]
 

@@ -16,8 +16,10 @@ on its own slot's master; events keep their order per stream.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError, ResponseError
@@ -43,6 +45,9 @@ _STREAM_ID = re.compile(r"^(\d+)-(\d+)$")
 _READ_COUNT = 1000
 # Most entries a single resume replays from Redis.
 _REPLAY_LIMIT = 100_000
+# The last archive read is kept this long after its last use, if it holds at most this many.
+_CACHE_SECONDS = 5.0
+_CACHE_EVENTS = 20_000
 
 
 def _order(entry_id: str) -> tuple[int, int]:
@@ -80,6 +85,13 @@ class RedisStreamSource:
     def __init__(self, config: RedisConfig, metrics: Metrics) -> None:
         self._redis = RedisConnection(config, metrics, name=self.name, log=log)
         self._positions: dict[str, str] | None = None
+        self._waiting: dict[str, list[asyncio.Future[list[Event] | None]]] = {}
+        """Resumes waiting for the next archive read, by the id they resume from."""
+        self._batches: asyncio.Task[None] | None = None
+        self._cache: list[Event] = []
+        """The last archive read: every entry after ``_cache_after``, kept ``_CACHE_SECONDS``."""
+        self._cache_after: str | None = None
+        self._cache_until = 0.0
 
     async def run(self, hub: Hub) -> None:
         await self._redis.run(lambda: self._listen(hub))
@@ -156,9 +168,77 @@ class RedisStreamSource:
         return tails
 
     async def events_after(self, event_id: str) -> list[Event] | None:
-        """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
+        """Every event after ``event_id`` still in the streams, or ``None`` for a gap.
+
+        Resumes that ask while a read is under way wait for the next one, which serves them
+        all: a storm of reconnecting clients costs a few ``XRANGE`` calls, not one (and an
+        ``XINFO``) each, which would queue on the one probe connection and time out. Each gets
+        the events after its own id, from a read that began after it asked (so nothing
+        published before the hub's tap for it went up is missed).
+        """
         if not _STREAM_ID.match(event_id):
             return None
+        waiter: asyncio.Future[list[Event] | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(event_id, []).append(waiter)
+        if self._batches is None or self._batches.done():
+            self._batches = asyncio.get_running_loop().create_task(self._serve_waiting())
+        return await waiter
+
+    async def _serve_waiting(self) -> None:
+        """Read once for every id asked so far (from the oldest), until none is waiting."""
+        while self._waiting:
+            waiting, self._waiting = self._waiting, {}
+            ids = sorted(waiting, key=_order)
+            oldest = ids[0]
+            try:
+                events = await self._read_cached(oldest)
+            except BaseException:
+                for futures in waiting.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_result(None)
+                raise
+            if events is None or len(events) >= _REPLAY_LIMIT:
+                # The oldest cannot be vouched for (or the read was cut): the others read again.
+                for event_id in ids[1:]:
+                    self._waiting.setdefault(event_id, []).extend(waiting.pop(event_id))
+            orders = [_order(e.id) for e in events] if events is not None else []
+            for event_id, futures in waiting.items():
+                share: list[Event] | None = None
+                if events is not None:
+                    share = events[bisect.bisect_right(orders, _order(event_id)) :]
+                for future in futures:
+                    if not future.done():
+                        future.set_result(share)
+
+    async def _read_cached(self, oldest: str) -> list[Event] | None:
+        """``_read_after(oldest)``, reading only what is new when the last read covers it:
+        a storm's resumes arrive over seconds, and each batch would read the same range again."""
+        cache, after = self._cache, self._cache_after
+        now = time.monotonic()
+        # One stream only: across streams a later entry may carry a smaller id than the last read.
+        single = len(self._redis.config.channels) == 1
+        if (
+            single
+            and after is not None
+            and _order(after) <= _order(oldest)
+            and now < self._cache_until
+        ):
+            delta = await self._read_after(cache[-1].id if cache else after)
+            if delta is not None and len(cache) + len(delta) <= _CACHE_EVENTS:
+                cache.extend(delta)
+                self._cache_until = now + _CACHE_SECONDS
+                start = bisect.bisect_right([_order(e.id) for e in cache], _order(oldest))
+                return cache[start:]
+        self._cache, self._cache_after = [], None
+        events = await self._read_after(oldest)
+        if single and events is not None and len(events) <= _CACHE_EVENTS:
+            self._cache, self._cache_after = list(events), oldest
+            self._cache_until = time.monotonic() + _CACHE_SECONDS
+        return events
+
+    async def _read_after(self, event_id: str) -> list[Event] | None:
+        """Every event after ``event_id`` still in the streams, or ``None`` for a gap."""
         after = _order(event_id)
         redis = self._redis
         try:

@@ -26,13 +26,25 @@ from typing import cast
 from plasma.logging import LogThrottle
 from plasma.transports.handshakes import TLSHandshakes
 
-__all__ = ["H2_PREFACE", "ProtocolFactory", "ProtocolSniffer", "SniffingFactory", "hand_over"]
+__all__ = [
+    "FD_RESERVE",
+    "H2_PREFACE",
+    "ProtocolFactory",
+    "ProtocolSniffer",
+    "SniffingFactory",
+    "hand_over",
+]
 
 log = logging.getLogger("plasma.transports.listener")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+FD_RESERVE = 32
+"""Descriptors a process keeps for itself (listener, event loop, source, logs, feed): the
+warning below starts there, and the start-up log counts connections without them."""
 
 
 def hand_over(transport: asyncio.Transport, factory: ProtocolFactory, buffer: bytes) -> None:
@@ -42,10 +54,6 @@ def hand_over(transport: asyncio.Transport, factory: ProtocolFactory, buffer: by
     protocol.connection_made(transport)
     if buffer and not transport.is_closing():
         protocol.data_received(buffer)
-
-
-# Descriptors kept free below the limit before the warning (the loop and the source need some).
-_FD_HEADROOM = 32
 
 
 def _keep_alive(sock: socket.socket) -> None:
@@ -177,7 +185,7 @@ class SniffingFactory:
     def check_descriptor(self, fd: int) -> None:
         """Warn when a new connection's descriptor is close to the process's limit."""
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if limit == resource.RLIM_INFINITY or fd < limit - _FD_HEADROOM:
+        if limit == resource.RLIM_INFINITY or fd < limit - FD_RESERVE:
             return
         level, suppressed = self._fd_log.level()
         log.log(
