@@ -25,7 +25,7 @@ from plasma.errors import InvalidEvent
 __all__ = [
     "EVENT_OVERHEAD",
     "MAX_EVENT_BYTES",
-    "Batch",
+    "CheckedBatch",
     "Encoder",
     "Event",
     "parse_batch",
@@ -191,14 +191,14 @@ def _event_from(obj: Any, fast: bool) -> Event:
     return Event(sys.intern(event_type), data)
 
 
-class Batch(NamedTuple):
+class CheckedBatch(NamedTuple):
     """A publish API batch, checked: each event's type and the bytes to publish for it."""
 
     types: list[str]
     bodies: list[bytes]
 
 
-def parse_batch(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Batch:
+def parse_batch(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> CheckedBatch:
     """Parse a JSON array of events (a publish API batch): each by ``parse_event``'s rules.
 
     The body is parsed once; the first invalid element raises ``InvalidEvent`` with its
@@ -228,7 +228,7 @@ def parse_batch(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Batch:
                 and "" not in types
                 and max(map(len, bodies), default=0) <= max_bytes
             ):
-                return Batch(types, bodies)
+                return CheckedBatch(types, bodies)
     types = []
     bodies = []
     event_type: Any
@@ -255,7 +255,7 @@ def parse_batch(raw: bytes, max_bytes: int = MAX_EVENT_BYTES) -> Batch:
             )
         types.append(event_type)
         bodies.append(body)
-    return Batch(types, bodies)
+    return CheckedBatch(types, bodies)
 
 
 def type_prefixes(event_type: str) -> list[str]:

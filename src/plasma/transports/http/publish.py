@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from plasma.errors import InvalidEvent, SourceError
-from plasma.events import Batch, parse_batch, parse_event
+from plasma.events import CheckedBatch, parse_batch, parse_event
 from plasma.metrics import Metrics
 
 __all__ = ["AuthorizePublish", "PublishEndpoint", "allow_all"]
@@ -201,12 +201,12 @@ class PublishEndpoint:
         response.force_close()  # the rest of the body is never read
         return response
 
-    def _parse(self, body: bytes, ndjson: bool) -> Batch:
+    def _parse(self, body: bytes, ndjson: bool) -> CheckedBatch:
         """Every event of the body, or ``400`` naming the first invalid one; nothing partial."""
         max_bytes = self._max_event_bytes
         try:
             if ndjson:
-                batch = Batch([], [])
+                batch = CheckedBatch([], [])
                 for index, line in enumerate(x for x in body.split(b"\n") if x.strip()):
                     try:
                         event = parse_event(line, max_bytes)
@@ -218,7 +218,7 @@ class PublishEndpoint:
                 batch = parse_batch(body, max_bytes)
             else:
                 event = parse_event(body, max_bytes)
-                batch = Batch([event.type], [event.body])
+                batch = CheckedBatch([event.type], [event.body])
         except InvalidEvent as exc:
             extra = {"index": exc.index} if exc.index is not None else {}
             raise _Refused(_error(400, str(exc), reason=exc.reason, **extra)) from None
