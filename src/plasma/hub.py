@@ -21,7 +21,14 @@ from typing import Protocol, runtime_checkable
 import orjson
 
 from plasma.errors import InvalidEvent
-from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
+from plasma.events import (
+    MAX_EVENT_BYTES,
+    Encoder,
+    Event,
+    batch_is_exact,
+    parse_event,
+    type_prefixes,
+)
 from plasma.history import History
 from plasma.ingest import Batch, Ingest
 from plasma.logging import LogThrottle
@@ -319,9 +326,10 @@ class Hub:
         ids = batch.ids
         events: list[Event] = []
         append = events.append
+        exact = len(raws) > 1 and batch_is_exact(raws)
         for i, raw in enumerate(raws):
             try:
-                event = parse_event(raw, max_bytes)
+                event = parse_event(raw, max_bytes, exact=exact)
             except Exception as exc:
                 self._skipped(exc, raw, batch.channels[i].decode("utf-8", "replace"))
                 continue
@@ -461,16 +469,14 @@ class Hub:
                     encoder = sub.encoder
                     cached = joined.get(encoder)
                     if cached is None:
-                        cached = joined[encoder] = b"".join([e.encode(encoder) for e in run])
+                        # Fresh events, encoded here only: no per-event cache to fill and drop.
+                        cached = joined[encoder] = b"".join([encoder(e) for e in run])
                     data = cached
                 target = sub.push(data, k)
                 if target is not None:
                     dirty.append(target)
                 count += 1
-        unflushed = self._unflushed
-        for event in run:
-            event.forget_frames()
-            unflushed.append(event.received)
+        self._unflushed.extend([event.received for event in run])
         self.metrics.observe_fanout(perf_counter() - started)
         return count * k
 
