@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from plasma.errors import InvalidEvent
-from plasma.events import EVENT_OVERHEAD, Event, parse_batch, parse_event, type_prefixes
+from plasma.events import (
+    EVENT_OVERHEAD,
+    Event,
+    batch_is_exact,
+    parse_batch,
+    parse_event,
+    type_prefixes,
+)
 
 
 def _raw(data: Any, type: str = "program:1234:views") -> bytes:
@@ -262,3 +269,20 @@ def test_invalid_batch_names_the_event(raw: bytes, reason: str, index: int | Non
     assert info.value.index == index
     if index is not None:
         assert str(info.value).startswith(f"event {index}: ")
+
+
+def test_a_batch_is_scanned_for_long_integers_once_and_keeps_their_digits() -> None:
+    from plasma.hub import Hub
+    from plasma.ingest import Batch
+    from plasma.metrics import Metrics
+
+    small = b'{"meta":{"type":"a"},"data":12345678901234567890}'  # 20 digits: orjson is exact
+    huge = b'{"meta":{"type":"a"},"data":-123456789012345678901234567890}'
+    assert batch_is_exact([small, small]) and not batch_is_exact([small, huge])
+    assert not batch_is_exact(["text", "messages"])  # str messages: checked one by one
+    events = Hub(Metrics()).publish_batch(Batch([small, huge, small], [b"c"] * 3, None))
+    assert [e.data for e in events] == [
+        b"12345678901234567890",
+        b"-123456789012345678901234567890",
+        b"12345678901234567890",
+    ]

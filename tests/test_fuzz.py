@@ -207,10 +207,12 @@ class _Recorder:
 
     @staticmethod
     def encoder(event: Event) -> bytes:
-        return event.type.encode()
+        return event.type.encode() + b"\n"
 
-    def push(self, data: bytes) -> Flushable | None:
-        self.got.append(data)
+    def push(self, data: bytes, count: int = 1) -> Flushable | None:
+        frames = data.split(b"\n")[:-1]  # a run of same-type events comes joined
+        assert len(frames) == count
+        self.got.extend(frames)
         return None
 
 
@@ -218,14 +220,27 @@ def _matches(event_type: str, wanted: tuple[str, ...]) -> bool:
     return any(event_type == t or event_type.startswith(t + ":") for t in wanted)
 
 
+@st.composite
+def _hub_case(draw: st.DrawFn) -> tuple[list[list[str]], list[str], int]:
+    """Subscriptions (often prefixes of what is published), the published types (drawn from
+    a few, so runs of one type occur) and how many are read together (runs are joined)."""
+    pool = draw(st.lists(event_types, min_size=1, max_size=5))
+    prefixes = sorted(
+        {":".join(t.split(":")[:i]) for t in pool for i in range(1, t.count(":") + 2)}
+    )
+    wanted = st.sampled_from(prefixes) | event_types
+    subscriptions = draw(st.lists(st.lists(wanted, min_size=1, max_size=3), min_size=1, max_size=6))
+    published = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=20))
+    return subscriptions, published, draw(st.integers(min_value=1, max_value=20))
+
+
 @settings(suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(st.lists(event_types, min_size=1, max_size=3), min_size=1, max_size=6),
-    st.lists(event_types, min_size=1, max_size=20),
-)
+@given(_hub_case())
 def test_hub_delivers_exactly_the_matching_events_once_in_order(
-    subscriptions: list[list[str]], published: list[str]
+    case: tuple[list[list[str]], list[str], int],
 ) -> None:
+    subscriptions, published, batch = case
+
     async def run() -> None:
         hub = Hub(Metrics())
         recorders = []
@@ -233,8 +248,9 @@ def test_hub_delivers_exactly_the_matching_events_once_in_order(
             recorder = _Recorder()
             hub.subscribe(recorder, tuple(dict.fromkeys(types)))  # type: ignore[arg-type]
             recorders.append((recorder, tuple(types)))
-        for event_type in published:
-            hub.publish(Event(event_type, b"1"))
+        # One at a time, or read together (``batch`` at a time: runs of one type are joined).
+        for at in range(0, len(published), batch):
+            hub.publish_events([Event(t, b"1") for t in published[at : at + batch]])
         for recorder, types in recorders:
             expected = [t.encode() for t in published if _matches(t, types)]
             assert recorder.got == expected

@@ -33,7 +33,7 @@ class FakeSubscriber:
         self.empty_flushes = 0
         """Flushes with nothing pending: the hub held this subscriber twice."""
 
-    def push(self, data: bytes) -> FakeSubscriber | None:
+    def push(self, data: bytes, count: int = 1) -> FakeSubscriber | None:
         self.pending.append(data)
         return self if len(self.pending) == 1 else None
 

@@ -80,8 +80,17 @@ class History:
             added += len(event.body)
         self._next = position
         self.bytes += added + EVENT_OVERHEAD * len(events)
-        while len(held) > self.size:
-            self._evict_one()
+        excess = len(held) - self.size
+        if excess > 0:  # ``_evict_one`` inlined: a full history drops one event per event added
+            popleft = held.popleft
+            forget = positions.pop
+            dropped = 0
+            for _ in range(excess):
+                old = popleft()
+                forget(old.id, None)
+                dropped += len(old.body)
+            self.bytes -= dropped + EVENT_OVERHEAD * excess
+            self._base += excess
         if self.max_bytes:
             while self.bytes > self.max_bytes and len(held) > 1:
                 self._evict_one()

@@ -21,7 +21,14 @@ from typing import Protocol, runtime_checkable
 import orjson
 
 from plasma.errors import InvalidEvent
-from plasma.events import MAX_EVENT_BYTES, Encoder, Event, parse_event, type_prefixes
+from plasma.events import (
+    MAX_EVENT_BYTES,
+    Encoder,
+    Event,
+    batch_is_exact,
+    parse_event,
+    type_prefixes,
+)
 from plasma.history import History
 from plasma.ingest import Batch, Ingest
 from plasma.logging import LogThrottle
@@ -60,8 +67,9 @@ class Subscriber(Protocol):
     last_seq: int
     """The hub's de-duplication mark: the sequence of the last event pushed here."""
 
-    def push(self, data: bytes) -> Flushable | None:
-        """Queue ``data``; return what to flush if it was not already waiting. Never awaits."""
+    def push(self, data: bytes, count: int = 1) -> Flushable | None:
+        """Queue ``data`` (``count`` events' frames, joined); return what to flush if it was
+        not already waiting. Never awaits."""
 
 
 @runtime_checkable
@@ -318,9 +326,10 @@ class Hub:
         ids = batch.ids
         events: list[Event] = []
         append = events.append
+        exact = len(raws) > 1 and batch_is_exact(raws)
         for i, raw in enumerate(raws):
             try:
-                event = parse_event(raw, max_bytes)
+                event = parse_event(raw, max_bytes, exact=exact)
             except Exception as exc:
                 self._skipped(exc, raw, batch.channels[i].decode("utf-8", "replace"))
                 continue
@@ -375,8 +384,14 @@ class Hub:
         unflushed = self._unflushed
         observe = self.metrics.observe_fanout
         total = 0
-        for seq, event in enumerate(events, first):
+        n = len(events)
+        start = 0
+        while start < n:
+            event = events[start]
             t = event.type
+            end = start + 1
+            while end < n and events[end].type == t:
+                end += 1
             buckets = []
             # events.type_prefixes inlined (what resume matches with): no list, no call per event.
             i = t.find(":")
@@ -389,7 +404,14 @@ class Hub:
             if bucket:
                 buckets.append(bucket)
             if not buckets:
+                start = end
                 continue
+            if end - start > 1:
+                total += self._fan_out_run(events[start:end], first + end - 1, buckets)
+                start = end
+                continue
+            seq = first + start
+            start = end
             started = perf_counter()
             count = 0
             # Subscribers of one transport share an encoder: look the bytes up only when it
@@ -421,6 +443,42 @@ class Hub:
         if dirty and not self._flush_scheduled:
             self._schedule_flush()
         return total
+
+    def _fan_out_run(
+        self, run: Sequence[Event], seq: int, buckets: list[dict[Subscriber, None]]
+    ) -> int:
+        """Fan out consecutive events of one type (a burst read at once): their frames are
+        joined once per encoder and each subscriber gets one push for all of them, so the
+        per-subscriber work is paid once per run, not once per event. ``seq`` (the run's last
+        sequence) is the de-duplication mark. Returns the number of deliveries."""
+        started = perf_counter()
+        k = len(run)
+        joined: dict[Encoder, bytes] = {}
+        dirty = self._dirty
+        count = 0
+        encoder: Encoder | None = None
+        data = b""
+        dedup = len(buckets) > 1
+        for bucket in buckets:
+            for sub in bucket:
+                if dedup:
+                    if sub.last_seq == seq:
+                        continue
+                    sub.last_seq = seq
+                if sub.encoder is not encoder:
+                    encoder = sub.encoder
+                    cached = joined.get(encoder)
+                    if cached is None:
+                        # Fresh events, encoded here only: no per-event cache to fill and drop.
+                        cached = joined[encoder] = b"".join([encoder(e) for e in run])
+                    data = cached
+                target = sub.push(data, k)
+                if target is not None:
+                    dirty.append(target)
+                count += 1
+        self._unflushed.extend([event.received for event in run])
+        self.metrics.observe_fanout(perf_counter() - started)
+        return count * k
 
     def mark_dirty(self, target: Flushable) -> None:
         """Queue ``target`` for the next flush (for bytes a transport queued on its own)."""

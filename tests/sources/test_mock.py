@@ -28,7 +28,7 @@ class Collector:
     def encoder(event: Event) -> bytes:
         return event.body
 
-    def push(self, data: bytes) -> Collector | None:
+    def push(self, data: bytes, count: int = 1) -> Collector | None:
         self.pending.append(data)
         return self if len(self.pending) == 1 else None
 

@@ -242,11 +242,12 @@ class ServerStream:
 
     # --- sending (the hot path) ------------------------------------------------------------
 
-    def push(self, data: bytes) -> Flushable | None:
-        """Queue framed bytes; return the connection if it just became dirty. O(1), no await."""
+    def push(self, data: bytes, count: int = 1) -> Flushable | None:
+        """Queue framed bytes (``count`` messages); return the connection if it just became
+        dirty. O(1), no await."""
         self.pending.append(data)
         self.pending_bytes += len(data)
-        self.messages_sent += 1
+        self.messages_sent += count
         if self.queued:
             return None
         return self.conn.queue(self)

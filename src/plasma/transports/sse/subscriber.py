@@ -118,8 +118,8 @@ class SSESubscriber:
         self.user_agent = sys.intern(user_agent)
         self.subject = subject
 
-    def push(self, data: bytes) -> SSESubscriber | None:
-        self.events_sent += 1
+    def push(self, data: bytes, count: int = 1) -> SSESubscriber | None:
+        self.events_sent += count
         if self._first is None:
             self._first = data
             return self
