@@ -289,12 +289,14 @@ async def test_jetstream_flood_is_read_whole_in_order_and_later_events_still_com
         "flood.js.>",
         PLASMA_SUBSCRIBER_NATS_STREAM="FLOOD",
         PLASMA_HISTORY_SIZE=str(FLOOD + 10),  # the check below reads it all from memory
+        PLASMA_CLIENT_BUFFER=str(256 << 20),  # and may read it slowly
     )
     server = plasma(**env)
     await healthy(server)  # the stream exists now
     # No subscriber: plasma reads as fast as it can (it stopped for good at ~18,000 of these).
     await flood(nats_server.url, "flood.js.a", "f", FLOOD)
-    # JetStream stores core publishes on its own time: the later event goes after them.
+    # JetStream stores core publishes on its own time: the later event goes after them. (On
+    # main this wait ran out: with plasma's consumer stuck, nats-server stored no more.)
     client = await nats.connect(nats_server.url)
     try:
         js = client.jetstream()
