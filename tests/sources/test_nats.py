@@ -8,6 +8,7 @@ process, after restarts, from JetStream when the in-memory history no longer hol
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -246,5 +247,115 @@ async def test_jetstream_resume_past_a_purge_is_a_gap(
     try:
         gap = await stream.next_event()
         assert (gap.event, gap.json()["data"]["lastEventId"]) == ("gap", str(seqs[0]))
+    finally:
+        await stream.close()
+
+
+# --- floods: nothing lost silently -----------------------------------------------------------
+
+FLOOD = 100_000
+
+
+async def flood(url: str, subject: str, type: str, count: int, start: int = 0) -> None:
+    """Publish ``count`` events (data ``start`` onwards) as fast as nats-py writes them."""
+    client = await nats.connect(url, pending_size=64 << 20)
+    try:
+        for n in range(start, start + count):
+            await client.publish(subject, envelope(type, n))
+        await client.flush(timeout=60)
+    finally:
+        await client.close()
+
+
+async def read_until(stream: SSEStream, last: int) -> list[tuple[str | None, str | None, Any]]:
+    """(event, id, data) of every frame up to the event whose data is ``last``; generous deadline
+    per frame, since a flood through a loaded machine takes what it takes."""
+    got: list[tuple[str | None, str | None, Any]] = []
+    while True:
+        frame = await stream.next_event(timeout=120)
+        data = frame.json()["data"]
+        got.append((frame.event, frame.id, data))
+        if frame.event is None and data == last:
+            return got
+
+
+@pytest.mark.timeout(600)
+async def test_jetstream_flood_is_read_whole_in_order_and_later_events_still_come(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    env = nats_env(
+        nats_server,
+        "nats-jetstream",
+        "flood.js.>",
+        PLASMA_SUBSCRIBER_NATS_STREAM="FLOOD",
+        PLASMA_HISTORY_SIZE=str(FLOOD + 10),  # the check below reads it all from memory
+        PLASMA_CLIENT_BUFFER=str(256 << 20),  # and may read it slowly
+    )
+    server = plasma(**env)
+    await healthy(server)  # the stream exists now
+    # No subscriber: plasma reads as fast as it can (it stopped for good at ~18,000 of these).
+    await flood(nats_server.url, "flood.js.a", "f", FLOOD)
+    # JetStream stores core publishes on its own time: the later event goes after them. (On
+    # main this wait ran out: with plasma's consumer stuck, nats-server stored no more.)
+    client = await nats.connect(nats_server.url)
+    try:
+        js = client.jetstream()
+        async with asyncio.timeout(120):
+            while (await js.stream_info("FLOOD")).state.last_seq < FLOOD:
+                await asyncio.sleep(0.1)
+        assert (await js.stream_info("FLOOD")).state.messages == FLOOD
+    finally:
+        await client.close()
+    await async_wait_for(
+        lambda: server.metrics()["events_received"] >= FLOOD, timeout=240, what="the flood read"
+    )
+    # One more, after the flood: it must arrive too (the consumer did not stop).
+    await publish(nats_server.url, "flood.js.a", envelope("f", FLOOD), jetstream=True)
+    # Everything since plasma started, from its history: every event once, in order.
+    stream = await SSEStream.open(server.url + "/", "f", headers={"Last-Event-ID": "0"})
+    try:
+        got = await read_until(stream, FLOOD)
+    finally:
+        await stream.close()
+    assert [event for event, _, _ in got if event is not None] == []
+    assert [data for _, _, data in got] == list(range(FLOOD + 1))
+    assert [event_id for _, event_id, _ in got] == [str(n) for n in range(1, FLOOD + 2)]
+    assert server.metrics()["source_gaps"] == 0
+
+
+@pytest.mark.timeout(600)
+async def test_core_flood_arrives_whole_or_every_loss_is_announced(
+    plasma: Callable[..., PlasmaProcess], nats_server: NatsServer
+) -> None:
+    server = plasma(**nats_env(nats_server, "nats", "flood.core"))
+    await healthy(server)
+    stream = await SSEStream.open(server.url + "/", "f")
+    try:
+        await stream.wait_retry()
+        reader = asyncio.create_task(read_until(stream, FLOOD))
+        await flood(nats_server.url, "flood.core", "f", FLOOD + 1)
+        try:
+            got = await reader
+        except TimeoutError:
+            got = []  # the last event itself was lost: the final marker below decides
+        if not got or got[-1][2] != FLOOD:
+            raise AssertionError("the flood's last event never arrived")
+        # Every hole in the data is announced by a gap event in its place.
+        expected = 0
+        gaps = 0
+        announced = False
+        for event, _, data in got:
+            if event == "gap":
+                gaps += 1
+                announced = True
+                continue
+            assert data >= expected, f"{data} out of order (expected {expected})"
+            if data > expected:
+                assert announced, f"events {expected}..{data - 1} lost without a gap event"
+            announced = False
+            expected = data + 1
+        if gaps:
+            assert server.metrics()["source_gaps"] >= 1
+            assert any("lost" in line.get("msg", "") for line in server.log_lines())
     finally:
         await stream.close()

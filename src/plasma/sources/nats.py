@@ -3,8 +3,10 @@
 Publishers send the same JSON envelope as the message body (``nats pub news.1
 '{"meta":{"type":"news"},"data":1}'``); NATS wildcards (``news.*``, ``news.>``) are allowed.
 Core NATS keeps nothing, so ids are plasma's own (``<epoch>-<n>``), and whatever is published
-while plasma is not subscribed is lost: after every reconnection, and when nats-py drops
-messages because plasma reads too slowly, every open stream gets a gap event.
+while plasma is not subscribed is lost: after every reconnection (nats-server also cuts a
+connection that reads too slowly), and when nats-py drops messages because the hub falls behind
+(its pending limits, after the ingest queue filled), every open stream gets a gap event, the
+loss is counted (``source_gaps``) and logged.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from nats.errors import SlowConsumerError
 
 from plasma.config import NatsConfig
 from plasma.errors import SourceError
+from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 from plasma.sources.nats_connection import (
     PROBE_TIMEOUT,
     NatsConnection,
     NatsError,
     debug_subject,
+    paced,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +45,7 @@ class NatsSource:
     def __init__(self, config: NatsConfig, metrics: Metrics) -> None:
         self._nats = NatsConnection(config, metrics, name=self.name, log=log)
         self._last_gap = ""
+        self._drop_log = LogThrottle()
 
     async def run(self, hub: Hub) -> None:
         await self._nats.reconnect.run(lambda: self._listen(hub))
@@ -48,14 +53,16 @@ class NatsSource:
     async def _listen(self, hub: Hub) -> None:
         conn = self._nats
         c = conn.config
-        publish = hub.publish_raw
+        offer = hub.ingest.offer
 
-        async def on_message(msg: Msg) -> None:
-            publish(msg.data, msg.subject)
+        def take(msg: Msg) -> bool:
+            return offer(msg.data, msg.subject)
+
+        on_message = paced(take, hub.ingest.wait_for_room)
 
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, SlowConsumerError):
-                self._announce_gap(hub)
+                self._dropped(hub)
 
         try:
             client = await conn.connect(on_error)
@@ -68,6 +75,17 @@ class NatsSource:
             await conn.until_lost()
         finally:
             await conn.close()
+
+    def _dropped(self, hub: Hub) -> None:
+        """nats-py dropped a message: its pending queue was full (the hub fell behind)."""
+        level, suppressed = self._drop_log.level()
+        log.log(
+            level,
+            "nats messages lost: plasma read too slowly and nats-py's pending limit was reached;"
+            " a gap was sent",
+            extra={"addr": self._nats.address, "suppressed_since_last": suppressed},
+        )
+        self._announce_gap(hub)
 
     def _announce_gap(self, hub: Hub) -> None:
         """One gap per loss: nats-py reports every dropped message, the hub hears it once."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import NoServersError
 
@@ -26,10 +27,20 @@ from plasma.errors import SourceError
 from plasma.metrics import Metrics
 from plasma.sources.reconnect import Reconnect
 
-__all__ = ["PROBE_TIMEOUT", "NatsConnection", "NatsError", "debug_subject", "is_wildcard"]
+__all__ = [
+    "PROBE_TIMEOUT",
+    "NatsConnection",
+    "NatsError",
+    "debug_subject",
+    "is_wildcard",
+    "paced",
+]
 
 PROBE_TIMEOUT = 0.8
 """/hc must answer within a second even when the broker hangs."""
+
+_YIELD_EVERY = 64
+"""Messages handed on between two turns of the event loop (see ``paced``)."""
 
 
 def is_wildcard(subject: str) -> bool:
@@ -43,6 +54,33 @@ def debug_subject(subjects: tuple[str, ...]) -> str:
         if not is_wildcard(subject):
             return subject
     raise SourceError("every subject in PLASMA_SUBSCRIBER_NATS_SUBJECTS is a wildcard")
+
+
+def paced(
+    offer: Callable[[Msg], bool], wait_for_room: Callable[[], Awaitable[None]]
+) -> Callable[[Msg], Awaitable[None]]:
+    """A nats-py subscription callback that hands each message to ``offer`` (the hub's ingest
+    queue) and lets the event loop run every ``_YIELD_EVERY`` messages.
+
+    nats-py calls a subscription's callback in a loop that never yields while messages are
+    queued: a callback that never awaits starved everything else under a flood, for seconds.
+    Nothing read the socket (nats-server cut plasma as a slow consumer after its 10 s write
+    deadline), ``/hc`` failed, subscribers were not written to, and JetStream's ordered
+    consumer timed out re-creating itself. When the ingest queue is full this waits for room;
+    nats-py keeps reading meanwhile, up to its pending limits (then ``SlowConsumerError``).
+    """
+    handed = 0
+
+    async def on_message(msg: Msg) -> None:
+        nonlocal handed
+        if not offer(msg):
+            await wait_for_room()
+        handed += 1
+        if handed >= _YIELD_EVERY:
+            handed = 0
+            await asyncio.sleep(0)
+
+    return on_message
 
 
 class NatsConnection:
@@ -113,6 +151,11 @@ class NatsConnection:
             raise SourceError(f"no nats server answered: {self._error}") from exc
         self.client = client
         return client
+
+    def fail(self, reason: str) -> None:
+        """End the current connection as lost (``until_lost`` raises): the source starts over."""
+        self._error = reason
+        self._lost.set()
 
     async def until_lost(self) -> None:
         """Wait until the connection goes, then raise ``SourceError`` for the reconnect loop."""

@@ -7,8 +7,10 @@ Every node and worker sees the same ids, so a client may reconnect anywhere.
 
 The stream ``PLASMA_SUBSCRIBER_NATS_STREAM`` is created over ``PLASMA_SUBSCRIBER_NATS_SUBJECTS``
 when it does not exist. plasma reads it with an ephemeral ordered consumer (no acks, flow
-control, the server resends nothing) starting after the last sequence it published, so a
-reconnection loses nothing and repeats nothing.
+control, the server resends nothing) starting after the last sequence it handed on, so a
+reconnection loses nothing and repeats nothing. What nats-py cannot mend (a message dropped from
+its full pending queue, an ordered consumer it failed to re-create) makes this source read
+again from that sequence, logged, rather than go on with a hole or stop without a word.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from plasma.sources.nats_connection import (
     NatsConnection,
     NatsError,
     debug_subject,
+    paced,
 )
 
 if TYPE_CHECKING:
@@ -63,25 +66,45 @@ class NatsJetStreamSource:
     async def _listen(self, hub: Hub) -> None:
         conn = self._nats
         c = conn.config
-        publish = hub.publish_raw
+        offer = hub.ingest.offer
+        failed = False
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py reports here what it cannot mend itself: a message dropped from a full
+            # pending queue (it does not notice the hole), an ordered consumer it failed to
+            # re-create (it then reads nothing, ever). Hand on nothing more from this
+            # subscription (what is queued may follow a hole) and read again from the last
+            # sequence handed on.
+            nonlocal failed
+            if failed:
+                return
+            failed = True
+            error = str(exc) or type(exc).__name__
+            log.warning(
+                "jetstream subscription failed; reading again after the last sequence",
+                extra={"stream": c.stream, "position": self._position, "error": error},
+            )
+            conn.fail(f"jetstream subscription failed: {error}")
+
         try:
-            await conn.connect()
+            await conn.connect(on_error)
             js = self._jetstream()
             info = await self._stream(js)
             if self._position is None:
                 self._position = info.state.last_seq
                 hub.mark_start(str(self._position))
 
-            async def on_message(msg: Msg) -> None:
+            def take(msg: Msg) -> bool:
                 seq = msg.metadata.sequence.stream
-                if seq > self._position:  # type: ignore[operator]
-                    self._position = seq
-                    publish(msg.data, msg.subject, str(seq))
+                if failed or seq <= self._position:  # type: ignore[operator]
+                    return True
+                self._position = seq
+                return offer(msg.data, msg.subject, str(seq))
 
             await js.subscribe(
                 c.subjects[0] if len(c.subjects) == 1 else "",
                 stream=c.stream,
-                cb=on_message,
+                cb=paced(take, hub.ingest.wait_for_room),
                 ordered_consumer=True,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
