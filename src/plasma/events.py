@@ -4,9 +4,10 @@ A publisher sends ``{"meta": {"type": "program:1234:views"}, "data": <any JSON>}
 validates it and keeps one byte string: ``body``, the whole event as compact JSON (what SSE's
 ``data:`` line carries). ``data``, the JSON text of ``data`` (what a gRPC ``Payload`` carries), is
 the tail of ``body`` and is sliced out only when asked for. Transports turn an event into wire
-bytes with an *encoder*; the event caches each encoder's output while a fan-out (or a batch of
-resumes) shares it, and the hub then drops the cache (``forget_frames``): a frame lives only as
-long as some client still has it queued, and history holds one copy of each event.
+bytes with an *encoder*; a live fan-out makes each encoder's frame once and shares it, and
+replays (a batch of resumes) share it through the event's cache, which the hub then drops
+(``forget_frames``): a frame lives only as long as some client still has it queued, and
+history holds one copy of each event.
 """
 
 from __future__ import annotations

@@ -380,9 +380,6 @@ class Hub:
         for tap in self._taps.values():
             tap.extend(events)
         index = self._index
-        dirty = self._dirty
-        unflushed = self._unflushed
-        observe = self.metrics.observe_fanout
         total = 0
         n = len(events)
         start = 0
@@ -406,71 +403,47 @@ class Hub:
             if not buckets:
                 start = end
                 continue
-            if end - start > 1:
-                total += self._fan_out_run(events[start:end], first + end - 1, buckets)
-                start = end
-                continue
-            seq = first + start
+            run = events[start:end] if end - start > 1 else (event,)
+            total += self._fan_out(run, first + end - 1, buckets)
             start = end
-            started = perf_counter()
-            count = 0
-            # Subscribers of one transport share an encoder: look the bytes up only when it
-            # changes.
-            encoder: Encoder | None = None
-            data = b""
-            # With one matching bucket nobody can be in it twice: no de-duplication marks.
-            dedup = len(buckets) > 1
-            for bucket in buckets:
-                for sub in bucket:
-                    # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
-                    if dedup:
-                        if sub.last_seq == seq:
-                            continue
-                        sub.last_seq = seq
-                    if sub.encoder is not encoder:
-                        encoder = sub.encoder
-                        data = event.encode(encoder)
-                    target = sub.push(data)
-                    if target is not None:
-                        dirty.append(target)
-                    count += 1
-            # The subscribers hold the frames now; history keeps only the body.
-            event.forget_frames()
-            total += count
-            observe(perf_counter() - started)
-            unflushed.append(event.received)
         self.metrics.events_delivered += total
-        if dirty and not self._flush_scheduled:
+        if self._dirty and not self._flush_scheduled:
             self._schedule_flush()
         return total
 
-    def _fan_out_run(
+    def _fan_out(
         self, run: Sequence[Event], seq: int, buckets: list[dict[Subscriber, None]]
     ) -> int:
-        """Fan out consecutive events of one type (a burst read at once): their frames are
-        joined once per encoder and each subscriber gets one push for all of them, so the
-        per-subscriber work is paid once per run, not once per event. ``seq`` (the run's last
-        sequence) is the de-duplication mark. Returns the number of deliveries."""
+        """Queue one event, or a run of consecutive events of one type (a burst read at once),
+        for every subscriber in ``buckets``. A run's frames are joined once per encoder and each
+        subscriber gets one push for all of them: per-subscriber work once per run, not once per
+        event. ``seq`` (the run's last sequence) is the de-duplication mark. Returns the number
+        of deliveries."""
         started = perf_counter()
         k = len(run)
-        joined: dict[Encoder, bytes] = {}
+        # Subscribers of one transport share an encoder: its bytes are made once, looked up
+        # only when the encoder changes. Fresh events: no per-event cache to fill and drop.
+        frames: dict[Encoder, bytes] = {}
         dirty = self._dirty
         count = 0
         encoder: Encoder | None = None
         data = b""
+        # With one matching bucket nobody can be in it twice: no de-duplication marks.
         dedup = len(buckets) > 1
         for bucket in buckets:
             for sub in bucket:
+                # A subscriber of both "a" and "a:b" gets an "a:b:c" event once.
                 if dedup:
                     if sub.last_seq == seq:
                         continue
                     sub.last_seq = seq
                 if sub.encoder is not encoder:
                     encoder = sub.encoder
-                    cached = joined.get(encoder)
+                    cached = frames.get(encoder)
                     if cached is None:
-                        # Fresh events, encoded here only: no per-event cache to fill and drop.
-                        cached = joined[encoder] = b"".join([encoder(e) for e in run])
+                        cached = frames[encoder] = (
+                            encoder(run[0]) if k == 1 else b"".join([encoder(e) for e in run])
+                        )
                     data = cached
                 target = sub.push(data, k)
                 if target is not None:
