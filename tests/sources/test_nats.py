@@ -9,6 +9,7 @@ process, after restarts, from JetStream when the in-memory history no longer hol
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -105,6 +106,40 @@ async def test_core_restart_of_nats_sends_a_gap_and_hc_follows(
             after = await stream.next_event()
             assert after.json()["data"] == "after"
             assert server.metrics()["source_gaps"] == 1
+        finally:
+            await stream.close()
+    finally:
+        broker.stop()
+
+
+async def test_core_late_pong_after_a_timed_out_probe_does_not_stop_reading(
+    plasma: Callable[..., PlasmaProcess],
+) -> None:
+    """A health probe whose PONG comes late (a busy event loop, here a stopped nats-server)
+    must not end the reading: with nats-py's ``flush(timeout)`` the late PONG killed nats-py's
+    read loop, the connection still looked up and every later event was lost, unannounced."""
+    broker = NatsServer().start()  # its own server: this test stops it
+    try:
+        server = plasma(**nats_env(broker, "nats", "late"))
+        await healthy(server)
+        stream = await SSEStream.open(server.url + "/", "t")
+        try:
+            await stream.wait_retry()
+            await publish(broker.url, "late", envelope("t", "before"))
+            assert (await stream.next_event()).json()["data"] == "before"
+            assert broker.proc is not None
+            broker.proc.send_signal(signal.SIGSTOP)
+            try:
+                # /hc fails once a probe has gone without its PONG.
+                await async_wait_for(lambda: http(server.url + "/hc").status == 500, what="/hc 500")
+            finally:
+                broker.proc.send_signal(signal.SIGCONT)  # the PONGs come now, late
+            await healthy(server)
+            await publish(broker.url, "late", envelope("t", "after"))
+            # Nothing was lost (the connection stayed up): the next event, no gap before it.
+            after = await stream.next_event(timeout=30)
+            assert (after.event, after.json()["data"]) == (None, "after")
+            assert server.metrics()["source_gaps"] == 0
         finally:
             await stream.close()
     finally:

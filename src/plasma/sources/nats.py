@@ -69,7 +69,7 @@ class NatsSource:
             for subject in c.subjects:
                 await client.subscribe(subject, cb=on_message)
             # The server has every SUB once it answers a PING.
-            await client.flush(timeout=c.timeout * 5)  # type: ignore[arg-type]
+            await conn.round_trip(c.timeout * 5)
             if conn.reconnect.connected("subscribed", subjects=c.subjects):
                 self._announce_gap(hub)
             await conn.until_lost()
@@ -104,7 +104,7 @@ class NatsSource:
             client = self._nats.require()
             for raw in raws:
                 await client.publish(subject, raw)
-            await client.flush(timeout=PROBE_TIMEOUT)  # type: ignore[arg-type]
+            await self._nats.round_trip(PROBE_TIMEOUT)
         except (NatsError, OSError, TimeoutError) as exc:
             raise SourceError(f"cannot publish to nats at {self._nats.address}: {exc}") from exc
         return [None] * len(raws)  # each plasma gives the id when the message arrives

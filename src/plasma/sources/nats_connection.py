@@ -42,6 +42,9 @@ PROBE_TIMEOUT = 0.8
 _YIELD_EVERY = 64
 """Messages handed on between two turns of the event loop (see ``paced``)."""
 
+_PONG_WAIT = 24 * 3600.0
+"""nats-py's own wait for a PONG (see ``NatsConnection.round_trip``): never the one that ends."""
+
 
 def is_wildcard(subject: str) -> bool:
     """Whether a NATS subject names many subjects (a ``*`` or ``>`` token)."""
@@ -91,6 +94,7 @@ class NatsConnection:
     ) -> None:
         self.config = config
         self.client: NATS | None = None
+        self._probe: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
         self._error = ""
         self.reconnect = Reconnect(
@@ -150,7 +154,26 @@ class NatsConnection:
         except NoServersError as exc:
             raise SourceError(f"no nats server answered: {self._error}") from exc
         self.client = client
+        self._watch_reader(client, lost)
         return client
+
+    def _watch_reader(self, client: NATS, lost: asyncio.Event) -> None:
+        """Treat the end of nats-py's read loop as a lost connection.
+
+        nats-py ends that loop on an unexpected exception with only a log line (silenced, see
+        ``plasma.logging``) and no callback: the connection still looks up, but nothing is read
+        any more, and every later message would be lost without a gap. Ending the connection
+        instead lets the reconnect loop start over and a live source announce the gap."""
+        reader = getattr(client, "_reading_task", None)
+        if not isinstance(reader, asyncio.Task):
+            return
+
+        def stopped(_: asyncio.Task[Any]) -> None:
+            if not lost.is_set():
+                self._error = self._error or "nats-py stopped reading the connection"
+                lost.set()
+
+        reader.add_done_callback(stopped)
 
     def fail(self, reason: str) -> None:
         """End the current connection as lost (``until_lost`` raises): the source starts over."""
@@ -165,19 +188,42 @@ class NatsConnection:
     async def close(self) -> None:
         """Close the connection quietly; the next ``connect`` starts afresh."""
         client, self.client = self.client, None
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
         self.reconnect.disconnected()
         if client is not None and not client.is_closed:
             with contextlib.suppress(NatsError, OSError, TimeoutError, RuntimeError):
                 await asyncio.wait_for(client.close(), 1.0)
 
+    async def round_trip(self, timeout: float) -> None:
+        """A PING/PONG on the live connection within ``timeout``, else ``TimeoutError``.
+
+        Not nats-py's ``flush(timeout)``: when that times out it cancels its PONG future but
+        leaves it queued, and the late PONG raises ``InvalidStateError`` inside nats-py's read
+        loop, which ends it (see ``_watch_reader``). A busy loop (10,000 SSE writes per batch)
+        made the 0.8 s health probe time out that way, and the unicast benchmark lost every
+        event after it. So nats-py waits for its PONG as long as the connection lasts, one PING
+        at a time, and only the caller stops waiting."""
+        client = self.require()
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.ensure_future(
+                client.flush(timeout=_PONG_WAIT)  # type: ignore[arg-type]
+            )
+            probe.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait({probe}, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"no PONG from nats within {timeout} s")
+        if probe.cancelled():
+            raise SourceError("the nats connection was closed")
+        probe.result()
+
     async def healthy(self) -> bool:
         """A PING/PONG round trip on the live connection."""
-        client = self.client
-        if client is None or not client.is_connected:
-            return False
         try:
-            await client.flush(timeout=PROBE_TIMEOUT)  # type: ignore[arg-type]
-        except (NatsError, OSError, TimeoutError):
+            await self.round_trip(PROBE_TIMEOUT)
+        except (NatsError, OSError, TimeoutError, SourceError):
             return False
         return True
 
@@ -187,6 +233,12 @@ class NatsConnection:
         if client is None or not client.is_connected:
             raise SourceError(f"not connected to nats at {self.address}")
         return client
+
+
+def _retrieved(probe: asyncio.Task[None]) -> None:
+    """Mark a probe's failure as seen: whoever waited for it has gone, the next one sees it."""
+    if not probe.cancelled():
+        probe.exception()
 
 
 def _without_credentials(url: str) -> str:
