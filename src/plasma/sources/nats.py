@@ -23,6 +23,7 @@ from plasma.logging import LogThrottle
 from plasma.metrics import Metrics
 from plasma.sources.nats_connection import (
     PROBE_TIMEOUT,
+    Gather,
     NatsConnection,
     NatsError,
     debug_subject,
@@ -53,12 +54,13 @@ class NatsSource:
     async def _listen(self, hub: Hub) -> None:
         conn = self._nats
         c = conn.config
-        offer = hub.ingest.offer
+        gather = Gather(hub.ingest, with_ids=False)
+        add = gather.add
 
-        def take(msg: Msg) -> bool:
-            return offer(msg.data, msg.subject)
+        def take(msg: Msg) -> None:
+            add(msg.data, msg.subject)
 
-        on_message = paced(take, hub.ingest.wait_for_room)
+        on_message = paced(take, gather, hub.ingest.wait_for_room)
 
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, SlowConsumerError):

@@ -24,11 +24,13 @@ from nats.errors import NoServersError
 
 from plasma.config import NatsConfig
 from plasma.errors import SourceError
+from plasma.ingest import Batch, Ingest
 from plasma.metrics import Metrics
 from plasma.sources.reconnect import Reconnect
 
 __all__ = [
     "PROBE_TIMEOUT",
+    "Gather",
     "NatsConnection",
     "NatsError",
     "debug_subject",
@@ -59,11 +61,49 @@ def debug_subject(subjects: tuple[str, ...]) -> str:
     raise SourceError("every subject in PLASMA_SUBSCRIBER_NATS_SUBJECTS is a wildcard")
 
 
+class Gather:
+    """Collects the messages nats-py hands over in one turn of the event loop and offers them
+    to the hub's ingest queue as one batch at the end of the turn.
+
+    nats-py calls a callback per message; offered one by one, each event was its own fan-out
+    and its own push to every subscriber. Gathered, a turn's messages are one ``Batch`` like a
+    Redis read (one history append, one flush, runs of one type joined per subscriber).
+    ``room`` is False once the queue was found full: the callback then waits for room.
+    """
+
+    def __init__(self, ingest: Ingest, *, with_ids: bool) -> None:
+        self._ingest = ingest
+        self._with_ids = with_ids
+        self._raws: list[bytes] = []
+        self._subjects: list[bytes] = []
+        self._ids: list[str] = []
+        self._scheduled = False
+        self.room = True
+
+    def add(self, data: bytes, subject: str, event_id: str = "") -> None:
+        self._raws.append(data)
+        self._subjects.append(subject.encode())
+        if self._with_ids:
+            self._ids.append(event_id)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.hand_over)
+
+    def hand_over(self) -> None:
+        """Offer what was gathered (also called before waiting, so nothing waits behind it)."""
+        self._scheduled = False
+        if not self._raws:
+            return
+        batch = Batch(self._raws, self._subjects, self._ids if self._with_ids else None)
+        self._raws, self._subjects, self._ids = [], [], []
+        self.room = self._ingest.offer_batch(batch)
+
+
 def paced(
-    offer: Callable[[Msg], bool], wait_for_room: Callable[[], Awaitable[None]]
+    take: Callable[[Msg], object], gather: Gather, wait_for_room: Callable[[], Awaitable[None]]
 ) -> Callable[[Msg], Awaitable[None]]:
-    """A nats-py subscription callback that hands each message to ``offer`` (the hub's ingest
-    queue) and lets the event loop run every ``_YIELD_EVERY`` messages.
+    """A nats-py subscription callback that hands each message to ``take`` (which adds it to
+    ``gather``) and lets the event loop run every ``_YIELD_EVERY`` messages.
 
     nats-py calls a subscription's callback in a loop that never yields while messages are
     queued: a callback that never awaits starved everything else under a flood, for seconds.
@@ -76,12 +116,15 @@ def paced(
 
     async def on_message(msg: Msg) -> None:
         nonlocal handed
-        if not offer(msg):
-            await wait_for_room()
+        take(msg)
         handed += 1
         if handed >= _YIELD_EVERY:
             handed = 0
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the gathered batch is offered in this turn
+        if not gather.room:
+            gather.hand_over()
+            gather.room = True
+            await wait_for_room()
 
     return on_message
 

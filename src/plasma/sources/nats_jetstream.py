@@ -30,6 +30,7 @@ from plasma.events import Event, parse_event
 from plasma.metrics import Metrics
 from plasma.sources.nats_connection import (
     PROBE_TIMEOUT,
+    Gather,
     NatsConnection,
     NatsError,
     debug_subject,
@@ -66,7 +67,7 @@ class NatsJetStreamSource:
     async def _listen(self, hub: Hub) -> None:
         conn = self._nats
         c = conn.config
-        offer = hub.ingest.offer
+        gather = Gather(hub.ingest, with_ids=True)
         failed = False
 
         async def on_error(exc: Exception) -> None:
@@ -94,17 +95,17 @@ class NatsJetStreamSource:
                 self._position = info.state.last_seq
                 hub.mark_start(str(self._position))
 
-            def take(msg: Msg) -> bool:
+            def take(msg: Msg) -> None:
                 seq = msg.metadata.sequence.stream
                 if failed or seq <= self._position:  # type: ignore[operator]
-                    return True
+                    return
                 self._position = seq
-                return offer(msg.data, msg.subject, str(seq))
+                gather.add(msg.data, msg.subject, str(seq))
 
             await js.subscribe(
                 c.subjects[0] if len(c.subjects) == 1 else "",
                 stream=c.stream,
-                cb=paced(take, hub.ingest.wait_for_room),
+                cb=paced(take, gather, hub.ingest.wait_for_room),
                 ordered_consumer=True,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
