@@ -590,3 +590,19 @@ async def test_ingest_queues_a_batch_behind_a_large_message_and_pauses_when_full
     assert data == [b"0", b'"xxxx', b"1", b"2", b'"xxxx', b'"xxxx']
     assert ingest.bytes == 0
     await ingest.aclose()
+
+
+async def test_a_gap_follows_what_the_ingest_queue_held_when_the_subscription_was_lost() -> None:
+    hub = Hub(Metrics(), history_size=100, epoch="e")
+    sub = FakeSubscriber()
+    hub.subscribe(sub, ("q",))
+    ingest = hub.ingest
+    big = raw("q", "x" * 40_000)  # over the inline bound: queued, not published yet
+    assert ingest.offer_batch(Batch([big, raw("q", 1)], [b"c", b"c"], None))
+    assert hub.metrics.events_received == 0
+    gap = hub.announce_gap()  # the source re-made a lost subscription: read before the loss
+    await settle()
+    assert sub.types == ["q", "q", "plasma:gap"], "what was read before the loss comes first"
+    assert [e.id for e in hub.history] == ["e-1", "e-2", "e-3"] and gap.id == "e-3"
+    assert ingest.bytes == 0
+    await ingest.aclose()

@@ -261,8 +261,10 @@ class Hub:
 
         The gap takes the next id of its own, so ids show the hole, and goes into the history:
         a client that was away resumes through it and learns of the loss too. Rare (once per
-        broker outage), so it walks every subscriber rather than the index.
+        broker outage), so it walks every subscriber rather than the index. What the ingest
+        queue still holds was read before the loss: it is published first.
         """
+        self.ingest.publish_queued()
         self._seq += 1
         event = self._gap_event(self.last_id, f"{self.epoch}-{self._seq}")
         self.broadcast_gap(event)

@@ -134,10 +134,41 @@ class Ingest:
         self._room = asyncio.get_running_loop().create_future()
         await self._room
 
+    def publish_queued(self) -> None:
+        """Publish everything queued now, in order: a gap event announced next (a lost
+        subscription re-made) then follows every message read before the loss."""
+        queue = self._queue
+        while queue:
+            self._publish_one(queue.popleft())
+        self._wake_reader()
+
+    def _publish_one(self, item: tuple[bytes | str, str, str] | Batch) -> int:
+        """Publish one queued message or batch; return its size."""
+        try:
+            if isinstance(item, Batch):
+                size = sum(map(len, item.raws))
+                self.bytes -= size
+                self._publish_batch(item)
+            else:
+                raw, channel, event_id = item
+                size = len(raw)
+                self.bytes -= size
+                self._publish(raw, channel, event_id)
+        except Exception:  # a bug must not stop every event after it
+            log.exception("publishing a message failed; going on (please report)")
+            return 0
+        return size
+
+    def _wake_reader(self) -> None:
+        room = self._room
+        if room is not None and self.bytes < self.max_bytes:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
+
     async def _run(self) -> None:
         queue = self._queue
-        publish = self._publish
-        publish_batch = self._publish_batch
+        publish_one = self._publish_one
         loop = asyncio.get_running_loop()
         while True:
             if not queue:
@@ -146,26 +177,8 @@ class Ingest:
                 self._work = None
             budget = _PASS_BYTES
             while queue and budget > 0:
-                item = queue.popleft()
-                try:
-                    if isinstance(item, Batch):
-                        size = sum(map(len, item.raws))
-                        self.bytes -= size
-                        budget -= size
-                        publish_batch(item)
-                    else:
-                        raw, channel, event_id = item
-                        size = len(raw)
-                        self.bytes -= size
-                        budget -= size
-                        publish(raw, channel, event_id)
-                except Exception:  # a bug must not stop every event after it
-                    log.exception("publishing a message failed; going on (please report)")
-            room = self._room
-            if room is not None and self.bytes < self.max_bytes:
-                self._room = None
-                if not room.done():
-                    room.set_result(None)
+                budget -= publish_one(queue.popleft())
+            self._wake_reader()
             # Let the loop read sockets (the source's among them) and flush before the next pass.
             await asyncio.sleep(0)
 
