@@ -127,41 +127,45 @@ async def test_every_worker_answers_health_and_debug_and_shares_the_node_ids(
     server.wait_ready(timeout=30)
     wait_for(lambda: len(_listening(server)) == 2, timeout=30, what="both workers to listen")
     streams = [await SSEStream.open(server.url + "/", "d") for _ in range(20)]
-    for s in streams:
-        await s.wait_retry()
-    assert {_metrics_pid(server.url) for _ in range(20)} == _worker_pids(server)
+    try:
+        for s in streams:
+            await s.wait_retry()
+        assert {_metrics_pid(server.url) for _ in range(20)} == _worker_pids(server)
 
-    # Requests spread over both workers; every one is answered. Right after start a worker
-    # may still wait for its sibling's first status (shared about once a second).
-    wait_for(lambda: http(server.url + "/hc").body == b"OK\n", what="/hc OK")
-    assert all(http(server.url + "/hc").body == b"OK\n" for _ in range(20))
-    for _ in range(10):
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    for n in range(6):  # POST /debug on either worker goes through the node's one source
-        post_event(server.url, "d", n)
-    frames = [[await s.next_event() for _ in range(6)] for s in streams]
-    assert all([f.json()["data"] for f in got] == list(range(6)) for got in frames)
-    assert len({tuple(f.id for f in got) for got in frames}) == 1, "one id per event, node-wide"
+        # Requests spread over both workers; every one is answered. Right after start a worker
+        # may still wait for its sibling's first status (shared about once a second).
+        wait_for(
+            lambda: all(http(server.url + "/hc").body == b"OK\n" for _ in range(20)),
+            what="/hc OK on every worker",
+        )
+        for _ in range(10):
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        for n in range(6):  # POST /debug on either worker goes through the node's one source
+            post_event(server.url, "d", n)
+        frames = [[await s.next_event() for _ in range(6)] for s in streams]
+        assert all([f.json()["data"] for f in got] == list(range(6)) for got in frames)
+        assert len({tuple(f.id for f in got) for got in frames}) == 1, "one id per event, node-wide"
 
-    # Events are read and counted once for the node, not once per worker.
-    def counted() -> bool:
-        m = server.metrics()
-        return bool(m["events_received"] == 6 and m["events_delivered"] == 120)
+        # Events are read and counted once for the node, not once per worker.
+        def counted() -> bool:
+            m = server.metrics()
+            return bool(m["events_received"] == 6 and m["events_delivered"] == 120)
 
-    for _ in range(6):
-        wait_for(counted, what="the node's counters")
+        for _ in range(6):
+            wait_for(counted, what="the node's counters")
 
-    redis_server.stop()
-    wait_for(
-        lambda: all(http(server.url + "/hc").status == 500 for _ in range(10)),
-        what="/hc failing on every worker",
-    )
-    assert server.stop() == 0
-    for s in streams:
-        await s.close()
+        redis_server.stop()
+        wait_for(
+            lambda: all(http(server.url + "/hc").status == 500 for _ in range(10)),
+            what="/hc failing on every worker",
+        )
+        assert server.stop() == 0
+    finally:
+        for s in streams:
+            await s.close()
 
 
 def test_the_die_policy_stops_every_worker(
