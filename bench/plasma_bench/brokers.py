@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from plasma_bench.procstat import cpu_seconds
+from plasma_bench.publish import wait_acknowledged
 from plasma_bench.servers import NO_PUBSUB_CUT, Managed, RedisServer, free_port, wait_port
 from plasma_bench.wire import event_json
 
@@ -322,14 +323,7 @@ class BrokerPublisher:
         self._changed.set()
 
     async def wait_replies(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while self.replies < self.sent:
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_acknowledged(self, timeout)
 
     # The runner's Publisher interface (burst, fixed rate, warm-up), on channel 0.
 

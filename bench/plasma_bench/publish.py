@@ -5,10 +5,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Protocol
 
 from plasma_bench.wire import event_json, http_post, resp_publish
 
-__all__ = ["NchanPublisher", "Publisher", "RedisPublisher"]
+__all__ = ["NchanPublisher", "Publisher", "RedisPublisher", "wait_acknowledged"]
+
+
+class Acknowledged(Protocol):
+    """A publisher that counts what it sent and the broker's replies, and says when a reply
+    arrived."""
+
+    sent: int
+    replies: int
+    _changed: asyncio.Event
+
+
+async def wait_acknowledged(publisher: Acknowledged, timeout: float) -> bool:
+    """Wait until ``publisher`` has a reply for everything it sent; False after ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while publisher.replies < publisher.sent:
+                publisher._changed.clear()
+                await publisher._changed.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class Publisher:
@@ -90,14 +112,7 @@ class Publisher:
 
     async def wait_replies(self, timeout: float) -> bool:
         """Wait until every event written so far has been acknowledged."""
-        try:
-            async with asyncio.timeout(timeout):
-                while self.replies < self.sent:
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            return False
-        return True
+        return await wait_acknowledged(self, timeout)
 
     async def close(self) -> None:
         if self._task is not None:
